@@ -1,0 +1,87 @@
+// Command factsync is the one binary of factsync: it runs the services
+// (`factsync serve`), a local stack for newcomers (`factsync dev`), and the
+// client commands that talk to a running stack.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:])
+	stop()
+	os.Exit(code)
+}
+
+// run executes the command line and returns the process exit code, so
+// tests can drive the CLI in-process.
+func run(ctx context.Context, args []string) int {
+	g := &globals{}
+	root := newRootCommand(g)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	g.out(root.OutOrStdout(), root.ErrOrStderr()).fail(err)
+	return exitCode(err)
+}
+
+// globals are the flags every command shares.
+type globals struct {
+	output      string // "text" or "json"
+	contextFile string
+}
+
+func newRootCommand(g *globals) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "factsync",
+		Short: "Sync authority-owned journals across peers that go offline and disagree",
+		Long: `factsync keeps authority-owned journals in sync across peers.
+
+Start a local stack with 'factsync dev', then use the client commands from
+another shell: they read the context file that 'factsync dev' writes.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "output format: text or json")
+	root.PersistentFlags().StringVar(&g.contextFile, "context", envOr("FACTSYNC_CONTEXT", defaultContextFile),
+		"context file written by 'factsync dev' (env FACTSYNC_CONTEXT)")
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if g.output != "text" && g.output != "json" {
+			return usageErrorf("--output must be text or json, not %q", g.output)
+		}
+		return nil
+	}
+	for _, add := range commands {
+		root.AddCommand(add(g))
+	}
+	return root
+}
+
+// commands lists the constructors of the top-level commands; each command's
+// file appends itself in an init function, so adding a command touches one
+// file.
+var commands []func(*globals) *cobra.Command
+
+func envOr(key, fallback string) string {
+	if v, ok := os.LookupEnv(key); ok && v != "" {
+		return v
+	}
+	return fallback
+}
+
+func usageErrorf(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
