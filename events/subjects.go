@@ -121,7 +121,9 @@ func ServiceSubject(proto, op string, auth AuthorityID) string {
 }
 
 // PeerSubject is where another peer sends request op of protocol proto to peer.
-func PeerSubject(peer PeerID, proto, op string) string { return join(PeerPrefix, string(peer), proto, op) }
+func PeerSubject(peer PeerID, proto, op string) string {
+	return join(PeerPrefix, string(peer), proto, op)
+}
 
 // PresenceSubject carries heartbeats of peer.
 func PresenceSubject(peer PeerID) string { return join(PresencePrefix, string(peer)) }
