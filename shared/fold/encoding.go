@@ -1,0 +1,189 @@
+package fold
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"maps"
+	"slices"
+
+	"github.com/factsync/factsync/events"
+)
+
+// The canonical encoding of a State, used for checkpoints, snapshots and
+// the digest. Everything is in ascending order, so equal States encode to
+// equal bytes:
+//
+//	magic "fsfold1\n"
+//	uvarint #collections, then per collection (by name):
+//	  string name, uvarint #documents, then per document (by id):
+//	    string id, version latest, version deleted,
+//	    uvarint #fields, then per field (by name): string name, version, bytes value
+//
+// A string or bytes value is a uvarint length and the bytes; a version is
+// the 12 HLC bytes and the 32 FactID bytes.
+const magic = "fsfold1\n"
+
+const versionSize = events.HLCSize + len(events.FactID{})
+
+// MarshalBinary returns the canonical encoding of the state.
+func (s *State) MarshalBinary() ([]byte, error) {
+	b := []byte(magic)
+	b = binary.AppendUvarint(b, uint64(len(s.collections)))
+	for _, coll := range s.Collections() {
+		docs := s.collections[coll]
+		b = appendString(b, coll)
+		b = binary.AppendUvarint(b, uint64(len(docs)))
+		for _, id := range slices.Sorted(maps.Keys(docs)) {
+			d := docs[id]
+			b = appendString(b, id)
+			b = appendVersion(b, d.latest)
+			b = appendVersion(b, d.deleted)
+			b = binary.AppendUvarint(b, uint64(len(d.fields)))
+			for _, name := range slices.Sorted(maps.Keys(d.fields)) {
+				fl := d.fields[name]
+				b = appendString(b, name)
+				b = appendVersion(b, fl.version)
+				b = appendString(b, string(fl.value))
+			}
+		}
+	}
+	return b, nil
+}
+
+func appendString(b []byte, s string) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
+}
+
+func appendVersion(b []byte, v events.Version) []byte {
+	h := v.HLC.Bytes()
+	return append(append(b, h[:]...), v.Fact[:]...)
+}
+
+// UnmarshalBinary replaces the state with a decoded one. It accepts only
+// canonical encodings of states the fold can reach (valid names and JSON,
+// ascending order, no field hidden by the delete), because a snapshot may
+// come from another peer.
+func (s *State) UnmarshalBinary(data []byte) error {
+	r := reader{b: data}
+	if string(r.next(len(magic))) != magic {
+		return r.fail("not a fold state encoding")
+	}
+	collections := map[string]map[string]*doc{}
+	prevColl := ""
+	for range r.count() {
+		coll := r.string()
+		if r.err == nil && (events.CheckName("collection", coll) != nil || coll <= prevColl) {
+			return r.fail("collection %q is invalid or out of order", coll)
+		}
+		prevColl = coll
+		docs := map[string]*doc{}
+		prevID := ""
+		for range r.count() {
+			id := r.string()
+			if r.err == nil && (events.CheckName("document id", id) != nil || id <= prevID) {
+				return r.fail("document %q in %s is invalid or out of order", id, coll)
+			}
+			prevID = id
+			d := &doc{latest: r.version(), deleted: r.version(), fields: map[string]field{}}
+			prevField := ""
+			for range r.count() {
+				name, v, value := r.string(), r.version(), r.string()
+				if r.err != nil {
+					break
+				}
+				switch {
+				case events.CheckFieldName(name) != nil || name <= prevField:
+					return r.fail("field %q of %s/%s is invalid or out of order", name, coll, id)
+				case v.Compare(d.deleted) <= 0 || v.Compare(d.latest) > 0:
+					return r.fail("field %q of %s/%s has a version outside its document's", name, coll, id)
+				case !json.Valid([]byte(value)):
+					return r.fail("field %q of %s/%s is not valid JSON", name, coll, id)
+				}
+				prevField = name
+				d.fields[name] = field{value: json.RawMessage(value), version: v}
+			}
+			if r.err == nil && (d.latest.IsZero() || d.deleted.Compare(d.latest) > 0 || (d.deleted.IsZero() && len(d.fields) == 0)) {
+				return r.fail("document %s/%s has inconsistent versions", coll, id)
+			}
+			docs[id] = d
+		}
+		collections[coll] = docs
+	}
+	if r.err == nil && len(r.b) != 0 {
+		return r.fail("%d trailing bytes", len(r.b))
+	}
+	if r.err != nil {
+		return r.err
+	}
+	s.collections = collections
+	return nil
+}
+
+// reader decodes the encoding; after the first error every read returns
+// zero values and err stays set.
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) fail(format string, args ...any) error {
+	if r.err == nil {
+		r.err = events.Errorf(events.ReasonMalformed, "fold state: "+format, args...)
+	}
+	return r.err
+}
+
+func (r *reader) next(n int) []byte {
+	if r.err != nil || n < 0 || n > len(r.b) {
+		r.fail("truncated")
+		return nil
+	}
+	out := r.b[:n]
+	r.b = r.b[n:]
+	return out
+}
+
+func (r *reader) uvarint() uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.fail("bad length")
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+// count reads an element count, bounded by the bytes left so a corrupt
+// count cannot make the decoder loop or allocate without limit.
+func (r *reader) count() int {
+	n := r.uvarint()
+	if n > uint64(len(r.b)) {
+		r.fail("count %d exceeds the data", n)
+		return 0
+	}
+	return int(n)
+}
+
+func (r *reader) string() string {
+	n := r.uvarint()
+	if n > uint64(len(r.b)) {
+		r.fail("truncated")
+		return ""
+	}
+	return string(r.next(int(n)))
+}
+
+func (r *reader) version() events.Version {
+	b := r.next(versionSize)
+	if b == nil {
+		return events.Version{}
+	}
+	h, _ := events.HLCFromBytes(b[:events.HLCSize])
+	var v events.Version
+	v.HLC = h
+	copy(v.Fact[:], b[events.HLCSize:])
+	return v
+}
