@@ -1,0 +1,252 @@
+package capability
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/biscuit-auth/biscuit-go/v2"
+	"github.com/biscuit-auth/biscuit-go/v2/datalog"
+	"github.com/biscuit-auth/biscuit-go/v2/parser"
+	"github.com/factsync/factsync/events"
+)
+
+// The verifier's datalog is parsed once, at package load: every check below
+// adds these same values to a fresh authorizer.
+var (
+	deviceCheck = mustParse(parser.FromStringCheck(`check if device($d), request_device($d)`))
+	allowPolicy = mustParse(parser.FromStringPolicy(`allow if right($c, $op), collection($c), operation($op)`))
+	deviceQuery = mustParse(parser.FromStringRule(`named_device($d) <- device($d)`))
+)
+
+func mustParse[T any](v T, err error) T {
+	if err != nil {
+		panic("capability: built-in datalog does not parse: " + err.Error())
+	}
+	return v
+}
+
+// datalogLimits bound the evaluation of one token. biscuit-go's default
+// deadline is 2ms of wall time, which a busy CI machine misses for no fault
+// of the token; the fact and iteration limits bound the work instead.
+var datalogLimits = biscuit.WithWorldOptions(
+	datalog.WithMaxDuration(time.Second),
+	datalog.WithMaxFacts(1000),
+	datalog.WithMaxIterations(100),
+)
+
+// Request is what a token must allow.
+type Request struct {
+	// Authority is the root public key the token must be rooted at.
+	Authority ed25519.PublicKey
+	// Device, when set, must be the device the token names. Requests that
+	// carry no device signature leave it nil and learn the device from the
+	// Grant.
+	Device ed25519.PublicKey
+	// Right is the (collection, op) asked for.
+	Right Right
+	// Now is the verifier's time, from its injected clock.
+	Now time.Time
+}
+
+// Grant describes a token that allowed a request.
+type Grant struct {
+	TokenHash     string
+	Device        ed25519.PublicKey
+	RevocationIDs []string
+}
+
+// Verifier checks tokens. It remembers tokens whose signatures verified
+// (by hash) so a token shared by many facts costs its signature checks
+// once, and it holds the set of revoked ids. It is safe for concurrent use.
+type Verifier struct {
+	mu        sync.RWMutex
+	verified  map[string]*verifiedToken
+	revoked   map[string]struct{}
+	maxCached int
+}
+
+type verifiedToken struct {
+	token  *biscuit.Biscuit
+	root   ed25519.PublicKey
+	device ed25519.PublicKey
+	ids    []string
+}
+
+// NewVerifier returns a Verifier caching up to maxCached verified tokens
+// (a default of 10000 when maxCached <= 0).
+func NewVerifier(maxCached int) *Verifier {
+	if maxCached <= 0 {
+		maxCached = 10000
+	}
+	return &Verifier{
+		verified:  map[string]*verifiedToken{},
+		revoked:   map[string]struct{}{},
+		maxCached: maxCached,
+	}
+}
+
+// Verify checks, in this order, that token is rooted at req.Authority,
+// names req.Device, grants req.Right and has not expired at req.Now, and
+// that none of its revocation ids is revoked. Errors carry the reasons
+// bad_token, wrong_device, no_right, token_expired and token_revoked.
+func (v *Verifier) Verify(token []byte, req Request) (Grant, error) {
+	if req.Now.IsZero() {
+		return Grant{}, events.Errorf(events.ReasonInternal, "capability: verify without a time")
+	}
+	if err := req.Right.Validate(); err != nil {
+		return Grant{}, err
+	}
+	hash := events.TokenHash(token)
+	vt, err := v.rooted(hash, token, req.Authority)
+	if err != nil {
+		return Grant{}, err
+	}
+	if req.Device != nil && !bytes.Equal(req.Device, vt.device) {
+		return Grant{}, events.Errorf(events.ReasonWrongDevice, "token %.12s names device %s, not %s",
+			hash, events.DeviceIDOf(vt.device), events.DeviceIDOf(req.Device))
+	}
+	if err := authorize(vt, req.Right, req.Now); err != nil {
+		if authorize(vt, req.Right, time.Unix(0, 0)) == nil {
+			return Grant{}, events.Errorf(events.ReasonTokenExpired, "token %.12s has expired", hash)
+		}
+		return Grant{}, events.Wrap(events.ReasonNoRight, err, "token "+hash[:12]+" does not grant "+req.Right.String())
+	}
+	if id, ok := v.revokedID(vt.ids); ok {
+		return Grant{}, events.Errorf(events.ReasonTokenRevoked, "token %.12s is revoked (id %.16s…)", hash, id)
+	}
+	return Grant{TokenHash: hash, Device: vt.device, RevocationIDs: vt.ids}, nil
+}
+
+// rooted returns the decoded token once its signature chain has verified
+// against root, from the cache when it has before.
+func (v *Verifier) rooted(hash string, token []byte, root ed25519.PublicKey) (*verifiedToken, error) {
+	v.mu.RLock()
+	vt := v.verified[hash]
+	v.mu.RUnlock()
+	if vt != nil {
+		if !bytes.Equal(vt.root, root) {
+			return nil, events.Errorf(events.ReasonBadToken, "token %.12s is not rooted at authority %s", hash, events.AuthorityIDOf(root))
+		}
+		return vt, nil
+	}
+	if len(root) != ed25519.PublicKeySize {
+		return nil, events.Errorf(events.ReasonBadToken, "authority key is %d bytes, want %d", len(root), ed25519.PublicKeySize)
+	}
+	b, err := unmarshal(token)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := b.Authorizer(root); err != nil {
+		return nil, events.Wrap(events.ReasonBadToken, err, "token "+hash[:12]+" is not rooted at authority "+string(events.AuthorityIDOf(root)))
+	}
+	device, err := namedDevice(b)
+	if err != nil {
+		return nil, err
+	}
+	vt = &verifiedToken{token: b, root: bytes.Clone(root), device: device, ids: revocationIDs(b)}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if _, ok := v.revokedIDLocked(vt.ids); !ok {
+		if len(v.verified) >= v.maxCached {
+			for h := range v.verified { // evict an arbitrary entry
+				delete(v.verified, h)
+				break
+			}
+		}
+		v.verified[hash] = vt
+	}
+	return vt, nil
+}
+
+// namedDevice returns the one device key the authority block names.
+func namedDevice(b *biscuit.Biscuit) (ed25519.PublicKey, error) {
+	a, err := biscuit.NewVerifier(b, datalogLimits)
+	if err != nil {
+		return nil, events.Wrap(events.ReasonBadToken, err, "read token")
+	}
+	_ = a.Authorize() // loads the authority block; its verdict is irrelevant here
+	facts, err := a.Query(deviceQuery)
+	if err != nil {
+		return nil, events.Wrap(events.ReasonBadToken, err, "read token's device")
+	}
+	if len(facts) != 1 || len(facts[0].IDs) != 1 {
+		return nil, events.Errorf(events.ReasonBadToken, "token names %d devices, want exactly one", len(facts))
+	}
+	key, ok := facts[0].IDs[0].(biscuit.Bytes)
+	if !ok || len(key) != ed25519.PublicKeySize {
+		return nil, events.Errorf(events.ReasonBadToken, "token's device is not a %d-byte key", ed25519.PublicKeySize)
+	}
+	return ed25519.PublicKey(key), nil
+}
+
+// authorize runs the token's datalog with the request's ambient facts.
+func authorize(vt *verifiedToken, right Right, now time.Time) error {
+	a, err := biscuit.NewVerifier(vt.token, datalogLimits)
+	if err != nil {
+		return err
+	}
+	a.AddFact(fact("time", biscuit.Date(now)))
+	a.AddFact(fact("operation", biscuit.String(string(right.Op))))
+	a.AddFact(fact("collection", biscuit.String(right.Collection)))
+	a.AddFact(fact("collection", biscuit.String(AnyCollection)))
+	for _, r := range requestStrings(right) {
+		a.AddFact(fact("request", biscuit.String(r)))
+	}
+	a.AddFact(fact("request_device", biscuit.Bytes(vt.device)))
+	a.AddCheck(deviceCheck)
+	a.AddPolicy(allowPolicy)
+	err = a.Authorize()
+	if errors.Is(err, datalog.ErrWorldRunLimitTimeout) || errors.Is(err, datalog.ErrWorldRunLimitMaxFacts) || errors.Is(err, datalog.ErrWorldRunLimitMaxIterations) {
+		return events.Wrap(events.ReasonBadToken, err, "token's datalog exceeds the evaluation limits")
+	}
+	return err
+}
+
+// Revoke adds revocation ids (hex) to the revoked set and drops every
+// cached token that carries one of them.
+func (v *Verifier) Revoke(ids ...string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, id := range ids {
+		v.revoked[id] = struct{}{}
+	}
+	for hash, vt := range v.verified {
+		if _, ok := v.revokedIDLocked(vt.ids); ok {
+			delete(v.verified, hash)
+		}
+	}
+}
+
+// IsRevoked reports whether the revocation id (hex) is revoked.
+func (v *Verifier) IsRevoked(id string) bool {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	_, ok := v.revoked[id]
+	return ok
+}
+
+// Cached reports how many verified tokens the cache holds.
+func (v *Verifier) Cached() int {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return len(v.verified)
+}
+
+func (v *Verifier) revokedID(ids []string) (string, bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.revokedIDLocked(ids)
+}
+
+// revokedIDLocked returns the first of ids that is revoked. Lock must be held.
+func (v *Verifier) revokedIDLocked(ids []string) (string, bool) {
+	for _, id := range ids {
+		if _, ok := v.revoked[id]; ok {
+			return id, true
+		}
+	}
+	return "", false
+}
