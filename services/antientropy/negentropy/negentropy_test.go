@@ -141,6 +141,13 @@ type fataler interface {
 
 func reconcile(t fataler, a, b Storage, frameLimit int) (have, need []events.FactID, rounds int) {
 	t.Helper()
+	have, need, sent := reconcileRecorded(t, a, b, frameLimit)
+	return have, need, len(sent)
+}
+
+// reconcileRecorded is reconcile that also returns the initiator's messages.
+func reconcileRecorded(t fataler, a, b Storage, frameLimit int) (have, need []events.FactID, sent [][]byte) {
+	t.Helper()
 	in, err := NewInitiator(a, frameLimit)
 	if err != nil {
 		t.Fatal(err)
@@ -154,6 +161,7 @@ func reconcile(t fataler, a, b Storage, frameLimit int) (have, need []events.Fac
 		t.Fatal(err)
 	}
 	for msg != nil {
+		sent = append(sent, msg)
 		if frameLimit != 0 && len(msg) > frameLimit {
 			t.Fatalf("initiator message of %d bytes exceeds frame limit %d", len(msg), frameLimit)
 		}
@@ -164,8 +172,7 @@ func reconcile(t fataler, a, b Storage, frameLimit int) (have, need []events.Fac
 		if frameLimit != 0 && len(reply) > frameLimit {
 			t.Fatalf("responder message of %d bytes exceeds frame limit %d", len(reply), frameLimit)
 		}
-		rounds++
-		if rounds > 1000 {
+		if len(sent) > 1000 {
 			t.Fatal("reconciliation does not converge")
 		}
 		var h, n []events.FactID
@@ -175,7 +182,7 @@ func reconcile(t fataler, a, b Storage, frameLimit int) (have, need []events.Fac
 		}
 		have, need = append(have, h...), append(need, n...)
 	}
-	return have, need, rounds
+	return have, need, sent
 }
 
 func sortedIDs(ids []events.FactID) []events.FactID {
