@@ -1,0 +1,160 @@
+// Package natsauth defines the nats-server users of a factsync peer and what
+// each may publish and subscribe, so that the boundary the guard enforces in
+// code also holds at the server: a client that skips the SDK, or a remote
+// peer, can publish only to ingress and request subjects, and only the
+// guard's user can publish to the accepted streams (JOURNAL's fs.journal.>
+// and fs.token.>, and DENIED's fs.denied.>).
+//
+// The same definitions feed the embedded server (Apply) and deploy configs
+// (ConfigFile).
+package natsauth
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/factsync/factsync/events"
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// Role is what a NATS user is for.
+type Role string
+
+// The roles.
+const (
+	// RoleGuard is the guard's user: the only one that may publish to the
+	// accepted streams.
+	RoleGuard Role = "guard"
+	// RoleServices is the user of the other services (journal, antientropy,
+	// snapshot, receipts, ota): the internal fs.svc.> requests, their own
+	// streams, JetStream's API, and INGRESS for facts pulled from peers.
+	RoleServices Role = "services"
+	// RoleClient is an application or SDK: ingress, client requests and
+	// replies only.
+	RoleClient Role = "client"
+	// RolePeer is a remote peer (a leafnode or a peer's services connecting
+	// in): peer requests, presence and replies only.
+	RolePeer Role = "peer"
+)
+
+// User is one NATS user with a role.
+type User struct {
+	Name     string
+	Password string
+	Role     Role
+}
+
+// inbox is where nats.go and the JetStream API address replies.
+const inbox = "_INBOX.>"
+
+// accepted are the subjects whose streams hold only what the guard
+// accepted.
+var accepted = []string{events.JournalPrefix + ".>", events.TokenPrefix + ".>", events.DeniedPrefix + ".>"}
+
+// jsStreamAdmin are the JetStream API subjects that could change or empty
+// a guarded stream. Only the guard (their owner) may use them on the
+// guarded streams.
+func jsStreamAdmin() []string {
+	var subs []string
+	for _, stream := range []string{events.StreamIngress, events.StreamJournal, events.StreamDenied} {
+		for _, op := range []string{"UPDATE", "DELETE", "PURGE", "MSG.DELETE"} {
+			subs = append(subs, "$JS.API.STREAM."+op+"."+stream)
+		}
+	}
+	return subs
+}
+
+// Permissions returns what a user of role may do.
+func Permissions(role Role) (*server.Permissions, error) {
+	switch role {
+	case RoleGuard:
+		return &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: []string{">"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{">"}},
+		}, nil
+	case RoleServices:
+		return &server.Permissions{
+			Publish: &server.SubjectPermission{
+				Allow: []string{">"},
+				Deny:  append(append([]string{}, accepted...), jsStreamAdmin()...),
+			},
+			Subscribe: &server.SubjectPermission{Allow: []string{">"}},
+		}, nil
+	case RoleClient:
+		return &server.Permissions{
+			Publish: &server.SubjectPermission{Allow: []string{
+				events.IngressPrefix + ".>", events.APIPrefix + ".>", events.PeerPrefix + ".>", inbox,
+			}},
+			Subscribe: &server.SubjectPermission{Allow: []string{inbox, events.ChangesPrefix + ".>"}},
+		}, nil
+	case RolePeer:
+		return &server.Permissions{
+			Publish: &server.SubjectPermission{Allow: []string{
+				events.PeerPrefix + ".>", events.PresencePrefix + ".>", inbox,
+			}},
+			Subscribe: &server.SubjectPermission{Allow: []string{inbox, events.PresencePrefix + ".>"}},
+		}, nil
+	}
+	return nil, fmt.Errorf("natsauth: unknown role %q", role)
+}
+
+// Apply adds users to the options of an embedded server; use it as (or
+// inside) bus.EmbeddedConfig.Configure. Once a server has users, every
+// connection must authenticate as one of them.
+func Apply(users ...User) (func(*server.Options), error) {
+	built := make([]*server.User, 0, len(users))
+	for _, u := range users {
+		if u.Name == "" || u.Password == "" {
+			return nil, fmt.Errorf("natsauth: user %q needs a name and a password", u.Name)
+		}
+		perms, err := Permissions(u.Role)
+		if err != nil {
+			return nil, err
+		}
+		built = append(built, &server.User{Username: u.Name, Password: u.Password, Permissions: perms})
+	}
+	return func(o *server.Options) { o.Users = append(o.Users, built...) }, nil
+}
+
+// ConfigFile renders users as the authorization block of a nats-server
+// config file. A password may name a config variable ("$GUARD_PASSWORD"),
+// which nats-server resolves from the environment, so secrets stay out of
+// manifests.
+func ConfigFile(users ...User) (string, error) {
+	var b strings.Builder
+	b.WriteString("authorization {\n  users = [\n")
+	for _, u := range users {
+		perms, err := Permissions(u.Role)
+		if err != nil {
+			return "", err
+		}
+		password := strconv.Quote(u.Password)
+		if strings.HasPrefix(u.Password, "$") {
+			password = u.Password
+		}
+		fmt.Fprintf(&b, "    { # role %s\n      user: %s\n      password: %s\n      permissions: {\n", u.Role, strconv.Quote(u.Name), password)
+		writeSubjects(&b, "publish", perms.Publish)
+		writeSubjects(&b, "subscribe", perms.Subscribe)
+		b.WriteString("      }\n    }\n")
+	}
+	b.WriteString("  ]\n}\n")
+	return b.String(), nil
+}
+
+func writeSubjects(b *strings.Builder, kind string, p *server.SubjectPermission) {
+	quote := func(ss []string) string {
+		q := make([]string, len(ss))
+		for i, s := range ss {
+			q[i] = strconv.Quote(s)
+		}
+		sort.Strings(q)
+		return "[" + strings.Join(q, ", ") + "]"
+	}
+	fmt.Fprintf(b, "        %s: { allow: %s", kind, quote(p.Allow))
+	if len(p.Deny) > 0 {
+		fmt.Fprintf(b, ", deny: %s", quote(p.Deny))
+	}
+	b.WriteString(" }\n")
+}

@@ -1,0 +1,149 @@
+package natsauth_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/shared/bus"
+	"github.com/factsync/factsync/shared/bustest"
+	"github.com/factsync/factsync/shared/natsauth"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+var users = []natsauth.User{
+	{Name: "guard", Password: "g-secret", Role: natsauth.RoleGuard},
+	{Name: "svc", Password: "s-secret", Role: natsauth.RoleServices},
+	{Name: "app", Password: "c-secret", Role: natsauth.RoleClient},
+	{Name: "peer", Password: "p-secret", Role: natsauth.RolePeer},
+}
+
+func startServer(t *testing.T) *server.Server {
+	t.Helper()
+	configure, err := natsauth.Apply(users...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1, Configure: configure})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	return ns
+}
+
+// connect returns a connection as user and a channel of its async errors
+// (where the server's permission violations arrive).
+func connect(t *testing.T, ns *server.Server, user, password string) (jetstream.JetStream, <-chan error) {
+	t.Helper()
+	errs := make(chan error, 16)
+	nc := bustest.Connect(t, ns.ClientURL(), nats.UserInfo(user, password),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js, errs
+}
+
+func TestClientCannotPublishToJournal(t *testing.T) {
+	ns := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	guard, _ := connect(t, ns, "guard", "g-secret")
+	for _, cfg := range []jetstream.StreamConfig{events.IngressStream(), events.JournalStream()} {
+		if _, err := guard.CreateOrUpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	journalSubject := events.JournalSubject("aaaaaaaaaaaaaaaaaaaaaaaaaa", "notes")
+
+	for _, who := range []struct{ user, password string }{{"app", "c-secret"}, {"peer", "p-secret"}, {"svc", "s-secret"}} {
+		js, errs := connect(t, ns, who.user, who.password)
+		// The server drops a refused publish without a reply, so the
+		// publish can only time out; the async error says why.
+		pubCtx, pubCancel := context.WithTimeout(ctx, time.Second)
+		_, err := js.Publish(pubCtx, journalSubject, []byte("forged fact"), jetstream.WithRetryAttempts(0))
+		pubCancel()
+		if err == nil {
+			t.Fatalf("%s: publish to %s was acknowledged", who.user, journalSubject)
+		}
+		select {
+		case err := <-errs:
+			if !errors.Is(err, nats.ErrPermissionViolation) && !strings.Contains(err.Error(), "Permissions Violation") {
+				t.Fatalf("%s: async error %v, want a permissions violation", who.user, err)
+			}
+		case <-ctx.Done():
+			t.Fatalf("%s: the server reported no permissions violation", who.user)
+		}
+	}
+
+	// The client may publish to INGRESS, and the guard to JOURNAL.
+	client, _ := connect(t, ns, "app", "c-secret")
+	if _, err := client.Publish(ctx, events.IngressFactSubject("aaaaaaaaaaaaaaaaaaaaaaaaaa"), []byte("batch")); err != nil {
+		t.Fatalf("client publish to ingress: %v", err)
+	}
+	if _, err := guard.Publish(ctx, journalSubject, []byte("accepted fact")); err != nil {
+		t.Fatalf("guard publish to journal: %v", err)
+	}
+	journal, err := guard.Stream(ctx, events.StreamJournal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := journal.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Fatalf("JOURNAL holds %d messages, want only the guard's 1", info.State.Msgs)
+	}
+}
+
+func TestConfigFileMatchesPermissions(t *testing.T) {
+	text, err := natsauth.ConfigFile(append(users, natsauth.User{Name: "env", Password: "$ENV_PASSWORD", Role: natsauth.RoleClient})...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("ENV_PASSWORD", "from-env")
+	path := filepath.Join(t.TempDir(), "nats.conf")
+	if err := os.WriteFile(path, []byte("port: -1\n"+text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		t.Fatalf("nats-server does not accept the rendered config: %v\n%s", err, text)
+	}
+	if len(opts.Users) != len(users)+1 {
+		t.Fatalf("config has %d users, want %d", len(opts.Users), len(users)+1)
+	}
+	for i, u := range opts.Users {
+		want := append(users, natsauth.User{Name: "env", Password: "from-env", Role: natsauth.RoleClient})[i]
+		perms, _ := natsauth.Permissions(want.Role)
+		if u.Username != want.Name || u.Password != want.Password {
+			t.Errorf("user %d is %s/%s, want %s/%s", i, u.Username, u.Password, want.Name, want.Password)
+		}
+		if !sameSet(u.Permissions.Publish.Allow, perms.Publish.Allow) || !sameSet(u.Permissions.Publish.Deny, perms.Publish.Deny) ||
+			!sameSet(u.Permissions.Subscribe.Allow, perms.Subscribe.Allow) {
+			t.Errorf("user %s: config permissions %+v differ from %+v", u.Username, u.Permissions, perms)
+		}
+	}
+}
+
+func sameSet(a, b []string) bool {
+	m := func(ss []string) map[string]bool {
+		r := map[string]bool{}
+		for _, s := range ss {
+			r[s] = true
+		}
+		return r
+	}
+	return reflect.DeepEqual(m(a), m(b))
+}
