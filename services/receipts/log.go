@@ -1,0 +1,391 @@
+package receipts
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/factsync/factsync/events"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// The log on disk, in a directory private to the service:
+//
+//	leaves      one leafRecordSize record per leaf: FactID || AuthorityID
+//	hashes      tlog's stored hashes, tlog.HashSize bytes each, in tlog.StoredHashIndex order
+//	tree        JSON {size, root}: the committed tree, replaced atomically
+//	checkpoint  the last checkpoint this peer signed, replaced atomically
+//
+// An append writes leaves and hashes past the committed end, fsyncs them,
+// and only then replaces tree. The tree file is the commit point: whatever
+// lies past its size in leaves or hashes is an append that never finished,
+// and Open cuts it off. The JOURNAL messages of that append were not acked,
+// so they come again and are appended once.
+const (
+	leavesFile     = "leaves"
+	hashesFile     = "hashes"
+	treeFile       = "tree"
+	checkpointFile = "checkpoint"
+
+	leafRecordSize = len(events.FactID{}) + events.IDLen
+)
+
+// Leaf is one entry of the log: an accepted fact and the authority whose
+// journal holds it. Only the FactID is hashed into the tree; the authority
+// lets the service answer a receipt request only for the authority the
+// request was authorised for.
+type Leaf struct {
+	Fact      events.FactID
+	Authority events.AuthorityID
+}
+
+// LeafHash is the RFC 6962 leaf hash of a fact: SHA-256(0x00 || FactID).
+func LeafHash(id events.FactID) tlog.Hash { return tlog.RecordHash(id[:]) }
+
+// Log is the peer's append-only Merkle log of accepted FactIDs. It is safe
+// for concurrent use: one append at a time, any number of readers.
+type Log struct {
+	dir    string
+	leaves *os.File
+	hashes *os.File
+
+	// appendMu serialises appends, which write past the committed end of
+	// the files without holding mu.
+	appendMu sync.Mutex
+
+	mu    sync.RWMutex // guards the fields below
+	size  int64
+	root  tlog.Hash
+	index map[events.FactID]int64
+	last  *SignedCheckpoint // the last checkpoint signed, nil before the first
+
+	// beforeCommit, set only by tests, runs once the leaves and hashes of
+	// an append are durable and before the tree size is; an error stops
+	// the append there, as a crash would.
+	beforeCommit func() error
+}
+
+// committedTree is the content of the tree file.
+type committedTree struct {
+	Size int64     `json:"size"`
+	Root tlog.Hash `json:"root"`
+}
+
+// OpenLog opens (or creates) the log in dir and resumes it exactly at its
+// last committed size. It refuses to open a log whose files disagree with
+// the committed root, or that is not consistent with the checkpoint signed
+// before: signing on from there would fork the log.
+func OpenLog(dir string) (*Log, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("receipts: create log directory: %w", err)
+	}
+	l := &Log{dir: dir, index: make(map[events.FactID]int64)}
+	var err error
+	if l.leaves, err = os.OpenFile(filepath.Join(dir, leavesFile), os.O_RDWR|os.O_CREATE, 0o600); err != nil {
+		return nil, fmt.Errorf("receipts: open leaves: %w", err)
+	}
+	if l.hashes, err = os.OpenFile(filepath.Join(dir, hashesFile), os.O_RDWR|os.O_CREATE, 0o600); err != nil {
+		l.leaves.Close()
+		return nil, fmt.Errorf("receipts: open hashes: %w", err)
+	}
+	if err := l.resume(); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// resume loads the committed tree, cuts off any unfinished append, rebuilds
+// the FactID index and checks the files against the committed root and the
+// last signed checkpoint.
+func (l *Log) resume() error {
+	var tree committedTree
+	switch raw, err := os.ReadFile(filepath.Join(l.dir, treeFile)); {
+	case errors.Is(err, fs.ErrNotExist):
+		tree.Root, _ = tlog.TreeHash(0, nil)
+	case err != nil:
+		return fmt.Errorf("receipts: read tree: %w", err)
+	default:
+		if err := json.Unmarshal(raw, &tree); err != nil || tree.Size < 0 {
+			return fmt.Errorf("receipts: tree file %s is corrupt", filepath.Join(l.dir, treeFile))
+		}
+	}
+	if err := cutTo(l.leaves, tree.Size*int64(leafRecordSize)); err != nil {
+		return fmt.Errorf("receipts: leaves: %w", err)
+	}
+	if err := cutTo(l.hashes, tlog.StoredHashCount(tree.Size)*tlog.HashSize); err != nil {
+		return fmt.Errorf("receipts: hashes: %w", err)
+	}
+	l.size = tree.Size
+	root, err := tlog.TreeHash(l.size, l.reader(l.size, nil))
+	if err != nil {
+		return fmt.Errorf("receipts: recompute root: %w", err)
+	}
+	if root != tree.Root {
+		return fmt.Errorf("receipts: stored hashes give root %s at size %d, but the tree file says %s: the log is corrupt", root, l.size, tree.Root)
+	}
+	l.root = root
+	if err := l.rebuildIndex(); err != nil {
+		return err
+	}
+	return l.loadCheckpoint()
+}
+
+// cutTo truncates f to n bytes, dropping an unfinished append. A file
+// shorter than n lost committed data, which no crash can cause.
+func cutTo(f *os.File, n int64) error {
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if st.Size() < n {
+		return fmt.Errorf("%s has %d bytes but the committed tree needs %d: the log is corrupt", f.Name(), st.Size(), n)
+	}
+	if st.Size() == n {
+		return nil
+	}
+	if err := f.Truncate(n); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// rebuildIndex reads every committed leaf into the FactID index. A FactID
+// twice in the log means the dedup was broken; refuse rather than serve
+// ambiguous receipts.
+func (l *Log) rebuildIndex() error {
+	r := io.NewSectionReader(l.leaves, 0, l.size*int64(leafRecordSize))
+	buf := make([]byte, 64<<10/leafRecordSize*leafRecordSize)
+	var i int64
+	for i < l.size {
+		n, err := io.ReadFull(r, buf[:min(int64(len(buf)), (l.size-i)*int64(leafRecordSize))])
+		if err != nil {
+			return fmt.Errorf("receipts: read leaves: %w", err)
+		}
+		for off := 0; off < n; off += leafRecordSize {
+			leaf := decodeLeaf(buf[off : off+leafRecordSize])
+			if prev, dup := l.index[leaf.Fact]; dup {
+				return fmt.Errorf("receipts: fact %s is at leaves %d and %d: the log is corrupt", leaf.Fact, prev, i)
+			}
+			l.index[leaf.Fact] = i
+			i++
+		}
+	}
+	return nil
+}
+
+func encodeLeaf(dst []byte, leaf Leaf) {
+	copy(dst, leaf.Fact[:])
+	copy(dst[len(leaf.Fact):], leaf.Authority)
+}
+
+func decodeLeaf(rec []byte) Leaf {
+	var leaf Leaf
+	copy(leaf.Fact[:], rec)
+	leaf.Authority = events.AuthorityID(rec[len(leaf.Fact):leafRecordSize])
+	return leaf
+}
+
+// Close releases the files. The log stays as committed.
+func (l *Log) Close() error {
+	return errors.Join(l.leaves.Close(), l.hashes.Close())
+}
+
+// Size returns the number of committed leaves and the root over them.
+func (l *Log) Size() (int64, tlog.Hash) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.size, l.root
+}
+
+// Lookup returns the leaf index of a committed fact.
+func (l *Log) Lookup(id events.FactID) (int64, bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	i, ok := l.index[id]
+	return i, ok
+}
+
+// Leaf returns the committed leaf at index i.
+func (l *Log) Leaf(i int64) (Leaf, error) {
+	if size, _ := l.Size(); i < 0 || i >= size {
+		return Leaf{}, events.Errorf(events.ReasonNotFound, "leaf %d is not in the log of %d leaves", i, size)
+	}
+	rec := make([]byte, leafRecordSize)
+	if _, err := l.leaves.ReadAt(rec, i*int64(leafRecordSize)); err != nil {
+		return Leaf{}, events.Wrap(events.ReasonInternal, err, "read leaf")
+	}
+	return decodeLeaf(rec), nil
+}
+
+// Append adds the leaves not yet in the log, in order, and makes them
+// durable before it returns. A fact already in the log, or twice in
+// leaves, is not appended again. It returns how many leaves were new.
+func (l *Log) Append(leaves []Leaf) (int, error) {
+	l.appendMu.Lock()
+	defer l.appendMu.Unlock()
+	size, _ := l.Size()
+
+	fresh := make([]Leaf, 0, len(leaves))
+	seen := make(map[events.FactID]bool, len(leaves))
+	for _, leaf := range leaves {
+		if _, old := l.Lookup(leaf.Fact); old || seen[leaf.Fact] {
+			continue
+		}
+		seen[leaf.Fact] = true
+		fresh = append(fresh, leaf)
+	}
+	if len(fresh) == 0 {
+		return 0, nil
+	}
+
+	records := make([]byte, len(fresh)*leafRecordSize)
+	var pending []tlog.Hash // stored hashes from StoredHashCount(size) on
+	for i, leaf := range fresh {
+		encodeLeaf(records[i*leafRecordSize:], leaf)
+		hashes, err := tlog.StoredHashesForRecordHash(size+int64(i), LeafHash(leaf.Fact), l.reader(size, pending))
+		if err != nil {
+			return 0, fmt.Errorf("receipts: compute stored hashes: %w", err)
+		}
+		pending = append(pending, hashes...)
+	}
+	newSize := size + int64(len(fresh))
+	root, err := tlog.TreeHash(newSize, l.reader(size, pending))
+	if err != nil {
+		return 0, fmt.Errorf("receipts: compute root: %w", err)
+	}
+
+	if err := writeDurably(l.leaves, records, size*int64(leafRecordSize)); err != nil {
+		return 0, fmt.Errorf("receipts: write leaves: %w", err)
+	}
+	if err := writeDurably(l.hashes, encodeHashes(pending), tlog.StoredHashCount(size)*tlog.HashSize); err != nil {
+		return 0, fmt.Errorf("receipts: write hashes: %w", err)
+	}
+	if l.beforeCommit != nil {
+		if err := l.beforeCommit(); err != nil {
+			return 0, err
+		}
+	}
+	if err := writeFileAtomically(l.dir, treeFile, mustJSON(committedTree{Size: newSize, Root: root})); err != nil {
+		return 0, fmt.Errorf("receipts: commit tree: %w", err)
+	}
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i, leaf := range fresh {
+		l.index[leaf.Fact] = size + int64(i)
+	}
+	l.size, l.root = newSize, root
+	return len(fresh), nil
+}
+
+func writeDurably(f *os.File, data []byte, off int64) error {
+	if _, err := f.WriteAt(data, off); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+func encodeHashes(hashes []tlog.Hash) []byte {
+	b := make([]byte, 0, len(hashes)*tlog.HashSize)
+	for _, h := range hashes {
+		b = append(b, h[:]...)
+	}
+	return b
+}
+
+// writeFileAtomically replaces dir/name with data so that a crash leaves
+// either the old or the new content, never a mix: write a temporary file,
+// fsync it, rename it over the old one, fsync the directory.
+func writeFileAtomically(dir, name string, data []byte) error {
+	tmp, err := os.CreateTemp(dir, name+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // only called with types that always marshal
+	}
+	return b
+}
+
+// reader reads the stored hashes of the tree of size leaves from the
+// hashes file and, past them, from pending: the hashes of an append not yet
+// written. Stored hashes never change once written, so a reader needs no
+// lock as long as size is committed.
+func (l *Log) reader(size int64, pending []tlog.Hash) tlog.HashReader {
+	committed := tlog.StoredHashCount(size)
+	return tlog.HashReaderFunc(func(indexes []int64) ([]tlog.Hash, error) {
+		out := make([]tlog.Hash, len(indexes))
+		var buf [tlog.HashSize]byte
+		for i, x := range indexes {
+			switch {
+			case x >= committed && x-committed < int64(len(pending)):
+				out[i] = pending[x-committed]
+			case x >= 0 && x < committed:
+				if _, err := l.hashes.ReadAt(buf[:], x*tlog.HashSize); err != nil {
+					return nil, fmt.Errorf("read stored hash %d: %w", x, err)
+				}
+				out[i] = buf
+			default:
+				return nil, fmt.Errorf("stored hash %d is beyond the log", x)
+			}
+		}
+		return out, nil
+	})
+}
+
+// ProveInclusion returns the RFC 6962 inclusion proof of leaf i in the tree
+// of the given size, which must not exceed the committed size.
+func (l *Log) ProveInclusion(i, size int64) (tlog.RecordProof, error) {
+	if committed, _ := l.Size(); size > committed || i < 0 || i >= size {
+		return nil, events.Errorf(events.ReasonNotFound, "leaf %d is not in a tree of size %d (the log has %d leaves)", i, size, committed)
+	}
+	return tlog.ProveRecord(size, i, l.reader(size, nil))
+}
+
+// ProveConsistency returns the RFC 6962 consistency proof that the tree of
+// size oldSize is a prefix of the tree of size newSize.
+func (l *Log) ProveConsistency(oldSize, newSize int64) (tlog.TreeProof, error) {
+	if committed, _ := l.Size(); oldSize < 0 || oldSize > newSize || newSize > committed {
+		return nil, events.Errorf(events.ReasonNotFound, "no consistency proof from size %d to size %d: the log has %d leaves", oldSize, newSize, committed)
+	}
+	return tlog.ProveTree(newSize, oldSize, l.reader(newSize, nil))
+}
+
+// TreeHashAt returns the root of the tree of the first size leaves.
+func (l *Log) TreeHashAt(size int64) (tlog.Hash, error) {
+	if committed, _ := l.Size(); size < 0 || size > committed {
+		return tlog.Hash{}, events.Errorf(events.ReasonNotFound, "tree size %d is beyond the log of %d leaves", size, committed)
+	}
+	return tlog.TreeHash(size, l.reader(size, nil))
+}
