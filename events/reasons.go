@@ -31,6 +31,7 @@ const (
 	ReasonInternal        Reason = "internal"         // a bug or an unexpected failure
 	ReasonConflict        Reason = "conflict"         // a compare-and-set or fence lost
 	ReasonBadProof        Reason = "bad_proof"        // a Merkle proof or checkpoint does not verify
+	ReasonUnsupported     Reason = "unsupported"      // the server or backend does not provide this operation
 )
 
 // Error is an error with a stable reason code and a human sentence.
