@@ -87,7 +87,9 @@ func TestVerify(t *testing.T) {
 	}
 
 	v := capability.NewVerifier(0)
-	v.Revoke(revokedIDs[0])
+	v.Revoke(events.AuthorityIDOf(authPub), revokedIDs[0])
+	tokenIDs, _ := capability.RevocationIDs(token)
+	v.Revoke(events.AuthorityIDOf(otherAuthPub), tokenIDs...) // another authority cannot revoke it
 	cases := []struct {
 		name  string
 		token []byte
@@ -150,7 +152,7 @@ func TestRevokeEvictsAndCoversAttenuations(t *testing.T) {
 		t.Fatalf("cache holds %d tokens, want 2", v.Cached())
 	}
 	ids, _ := capability.RevocationIDs(token)
-	v.Revoke(ids[0])
+	v.Revoke(events.AuthorityIDOf(authPub), ids[0])
 	if v.Cached() != 0 {
 		t.Fatalf("after revoking the parent the cache holds %d tokens, want 0", v.Cached())
 	}

@@ -64,13 +64,21 @@ type Grant struct {
 type Verifier struct {
 	mu        sync.RWMutex
 	verified  map[string]*verifiedToken
-	revoked   map[string]struct{}
+	revoked   map[revokedKey]struct{}
 	maxCached int
+}
+
+// revokedKey scopes a revocation id to the authority that revoked it, so
+// one authority cannot revoke another's tokens by learning their ids.
+type revokedKey struct {
+	authority events.AuthorityID
+	id        string
 }
 
 type verifiedToken struct {
 	token  *biscuit.Biscuit
 	root   ed25519.PublicKey
+	auth   events.AuthorityID
 	device ed25519.PublicKey
 	ids    []string
 }
@@ -83,7 +91,7 @@ func NewVerifier(maxCached int) *Verifier {
 	}
 	return &Verifier{
 		verified:  map[string]*verifiedToken{},
-		revoked:   map[string]struct{}{},
+		revoked:   map[revokedKey]struct{}{},
 		maxCached: maxCached,
 	}
 }
@@ -114,7 +122,7 @@ func (v *Verifier) Verify(token []byte, req Request) (Grant, error) {
 		}
 		return Grant{}, events.Wrap(events.ReasonNoRight, err, "token "+hash[:12]+" does not grant "+req.Right.String())
 	}
-	if id, ok := v.revokedID(vt.ids); ok {
+	if id, ok := v.revokedID(vt); ok {
 		return Grant{}, events.Errorf(events.ReasonTokenRevoked, "token %.12s is revoked (id %.16s…)", hash, id)
 	}
 	return Grant{TokenHash: hash, Device: vt.device, RevocationIDs: vt.ids}, nil
@@ -146,10 +154,10 @@ func (v *Verifier) rooted(hash string, token []byte, root ed25519.PublicKey) (*v
 	if err != nil {
 		return nil, err
 	}
-	vt = &verifiedToken{token: b, root: bytes.Clone(root), device: device, ids: revocationIDs(b)}
+	vt = &verifiedToken{token: b, root: bytes.Clone(root), auth: events.AuthorityIDOf(root), device: device, ids: revocationIDs(b)}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if _, ok := v.revokedIDLocked(vt.ids); !ok {
+	if _, ok := v.revokedIDLocked(vt); !ok {
 		if len(v.verified) >= v.maxCached {
 			for h := range v.verified { // evict an arbitrary entry
 				delete(v.verified, h)
@@ -205,26 +213,26 @@ func authorize(vt *verifiedToken, right Right, now time.Time) error {
 	return err
 }
 
-// Revoke adds revocation ids (hex) to the revoked set and drops every
-// cached token that carries one of them.
-func (v *Verifier) Revoke(ids ...string) {
+// Revoke adds revocation ids (hex) of tokens rooted at authority to the
+// revoked set and drops every cached token that carries one of them.
+func (v *Verifier) Revoke(authority events.AuthorityID, ids ...string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	for _, id := range ids {
-		v.revoked[id] = struct{}{}
+		v.revoked[revokedKey{authority, id}] = struct{}{}
 	}
 	for hash, vt := range v.verified {
-		if _, ok := v.revokedIDLocked(vt.ids); ok {
+		if _, ok := v.revokedIDLocked(vt); ok {
 			delete(v.verified, hash)
 		}
 	}
 }
 
-// IsRevoked reports whether the revocation id (hex) is revoked.
-func (v *Verifier) IsRevoked(id string) bool {
+// IsRevoked reports whether authority has revoked the revocation id (hex).
+func (v *Verifier) IsRevoked(authority events.AuthorityID, id string) bool {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	_, ok := v.revoked[id]
+	_, ok := v.revoked[revokedKey{authority, id}]
 	return ok
 }
 
@@ -235,16 +243,17 @@ func (v *Verifier) Cached() int {
 	return len(v.verified)
 }
 
-func (v *Verifier) revokedID(ids []string) (string, bool) {
+func (v *Verifier) revokedID(vt *verifiedToken) (string, bool) {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	return v.revokedIDLocked(ids)
+	return v.revokedIDLocked(vt)
 }
 
-// revokedIDLocked returns the first of ids that is revoked. Lock must be held.
-func (v *Verifier) revokedIDLocked(ids []string) (string, bool) {
-	for _, id := range ids {
-		if _, ok := v.revoked[id]; ok {
+// revokedIDLocked returns the first of the token's ids that its authority
+// has revoked. Lock must be held.
+func (v *Verifier) revokedIDLocked(vt *verifiedToken) (string, bool) {
+	for _, id := range vt.ids {
+		if _, ok := v.revoked[revokedKey{vt.auth, id}]; ok {
 			return id, true
 		}
 	}
