@@ -1,0 +1,346 @@
+package bus_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/shared/bus"
+	"github.com/factsync/factsync/shared/bustest"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func testStream(name, subject string) jetstream.StreamConfig {
+	return jetstream.StreamConfig{Name: name, Subjects: []string{subject}, Storage: jetstream.FileStorage}
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// runRouter runs r until the test ends and fails the test if Run errs.
+func runRouter(t *testing.T, r *bus.Router) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("router: %v", err)
+		}
+	})
+	select {
+	case <-r.Running():
+	case err := <-done:
+		t.Fatalf("router stopped before running: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("router not running after 10s")
+	}
+}
+
+func TestTraceCrossesServicesOverJetStream(t *testing.T) {
+	h := bustest.Start(t, bus.EmbeddedConfig{})
+	ctx := ctxT(t)
+	if err := bus.Provision(ctx, h.JS, testStream("WORK", "work.>")); err != nil {
+		t.Fatal(err)
+	}
+	spans := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(spans))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+
+	consumerConn := bustest.Connect(t, h.URL())
+	router, err := bus.NewRouter(ctx, bus.RouterConfig{Service: "journal", Conn: consumerConn, Tracer: tp.Tracer("journal")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan trace.SpanContext, 1)
+	if err := router.Handle("journal", "work.>", func(msg *message.Message) error {
+		if s := msg.Metadata.Get(bus.MetadataSubject); s != "work.item" {
+			t.Errorf("handler saw subject %q, want work.item", s)
+		}
+		got <- trace.SpanContextFromContext(msg.Context())
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	runRouter(t, router)
+
+	pub, err := bus.NewPublisher(h.Conn, tp.Tracer("guard"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opCtx, op := tp.Tracer("guard").Start(context.Background(), "accept fact")
+	msg := message.NewMessage("m1", []byte("hello"))
+	msg.SetContext(opCtx)
+	if err := pub.Publish("work.item", msg); err != nil {
+		t.Fatal(err)
+	}
+	op.End()
+
+	var consumed trace.SpanContext
+	select {
+	case consumed = <-got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("message not consumed within 10s")
+	}
+	if consumed.TraceID() != op.SpanContext().TraceID() {
+		t.Fatalf("consumer trace id %s, want producer's %s", consumed.TraceID(), op.SpanContext().TraceID())
+	}
+	var send, process tracetest.SpanStub
+	deadline := time.Now().Add(5 * time.Second)
+	for process.Name == "" && time.Now().Before(deadline) {
+		for _, s := range spans.GetSpans() {
+			switch s.SpanKind {
+			case trace.SpanKindProducer:
+				send = s
+			case trace.SpanKindConsumer:
+				process = s
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if process.Name == "" || send.Name == "" {
+		t.Fatalf("want a producer and a consumer span, got %d spans", len(spans.GetSpans()))
+	}
+	if process.Parent.SpanID() != send.SpanContext.SpanID() {
+		t.Fatalf("consumer span's parent %s, want the send span %s", process.Parent.SpanID(), send.SpanContext.SpanID())
+	}
+	if process.SpanContext.SpanID() != consumed.SpanID() {
+		t.Fatalf("handler context is not inside the consumer span")
+	}
+}
+
+func TestFailingMessageGoesToPoisonQueue(t *testing.T) {
+	h := bustest.Start(t, bus.EmbeddedConfig{})
+	ctx := ctxT(t)
+	if err := bus.Provision(ctx, h.JS, testStream("WORK", "work.>")); err != nil {
+		t.Fatal(err)
+	}
+	router, err := bus.NewRouter(ctx, bus.RouterConfig{Service: "snapshot", Conn: bustest.Connect(t, h.URL()), MaxRetries: 2, RetryInterval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	attempts := 0
+	if err := router.Handle("snapshot-cuts", "work.>", func(*message.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		attempts++
+		return events.Errorf(events.ReasonMalformed, "cannot decode")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	runRouter(t, router)
+	if _, err := h.JS.Publish(ctx, "work.bad", []byte("junk")); err != nil {
+		t.Fatal(err)
+	}
+	poison, err := h.JS.Stream(ctx, events.StreamPoison)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got *jetstream.RawStreamMsg
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if got, err = poison.GetLastMsgForSubject(ctx, events.PoisonSubject("snapshot")); err == nil {
+			break
+		}
+	}
+	if got == nil {
+		t.Fatalf("nothing on %s: %v", events.PoisonSubject("snapshot"), err)
+	}
+	if string(got.Data) != "junk" || got.Header.Get(bus.MetadataSubject) != "work.bad" {
+		t.Fatalf("poisoned message %q from %q, want the original", got.Data, got.Header.Get(bus.MetadataSubject))
+	}
+	if reason := got.Header.Get(middleware.ReasonForPoisonedKey); !strings.Contains(reason, "cannot decode") {
+		t.Fatalf("poison reason %q does not carry the handler's error", reason)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if attempts != 3 {
+		t.Fatalf("handler ran %d times, want 1 + 2 retries", attempts)
+	}
+	// The original is acked, so the durable consumer has nothing pending.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		info, err := h.JS.Consumer(ctx, "WORK", "snapshot-cuts")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ci, err := info.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ci.NumAckPending == 0 && ci.NumPending == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer still has %d unacked, %d pending", ci.NumAckPending, ci.NumPending)
+		}
+	}
+}
+
+func TestConsumerMustBeNamedAfterService(t *testing.T) {
+	h := bustest.Start(t, bus.EmbeddedConfig{})
+	router, err := bus.NewRouter(ctxT(t), bus.RouterConfig{Service: "journal", Conn: h.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := router.Handle("guard", "work.>", func(*message.Message) error { return nil }); err == nil {
+		t.Fatal("a journal router accepted a consumer named guard")
+	}
+}
+
+func TestAcknowledgedMessagesSurviveRestart(t *testing.T) {
+	dir := t.TempDir()
+	ctx := ctxT(t)
+	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{StoreDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	if err := bus.Provision(ctx, js, testStream("DURABLE", "durable.>")); err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	for i := range n {
+		if _, err := js.Publish(ctx, "durable.x", fmt.Appendf(nil, "fact-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nc.Close()
+	ns.Shutdown()
+	ns.WaitForShutdown()
+
+	h := bustest.Start(t, bus.EmbeddedConfig{StoreDir: dir})
+	stream, err := h.JS.Stream(ctx, "DURABLE")
+	if err != nil {
+		t.Fatalf("stream gone after restart: %v", err)
+	}
+	if got := stream.CachedInfo().State.Msgs; got != n {
+		t.Fatalf("%d messages after restart, want %d", got, n)
+	}
+	for i := range n {
+		m, err := stream.GetMsg(ctx, uint64(i+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("fact-%d", i); string(m.Data) != want {
+			t.Fatalf("message %d is %q, want %q", i+1, m.Data, want)
+		}
+	}
+}
+
+func TestProvisionIsIdempotentAndExplainsConflicts(t *testing.T) {
+	h := bustest.Start(t, bus.EmbeddedConfig{})
+	ctx := ctxT(t)
+	cfg := testStream("ORDERS", "orders.>")
+	for range 2 {
+		if err := bus.Provision(ctx, h.JS, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg.Retention = jetstream.WorkQueuePolicy
+	err := bus.Provision(ctx, h.JS, cfg)
+	if !events.IsReason(err, events.ReasonConflict) || !strings.Contains(err.Error(), "retention") || !strings.Contains(err.Error(), "ORDERS") {
+		t.Fatalf("want a conflict naming ORDERS and retention, got %v", err)
+	}
+	if _, err := bus.ProvisionKV(ctx, h.JS, jetstream.KeyValueConfig{Bucket: "cfg"}, jetstream.KeyValueConfig{Bucket: "cfg"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestHeaderCarrierKeepsW3CCase(t *testing.T) {
+	tp := sdktrace.NewTracerProvider()
+	ctx, span := tp.Tracer("t").Start(context.Background(), "op")
+	defer span.End()
+
+	h := nats.Header{}
+	bus.InjectTrace(ctx, h)
+	if h.Get("traceparent") == "" {
+		t.Fatalf("traceparent not written in lower case: %v", h)
+	}
+	if got := trace.SpanContextFromContext(bus.ExtractTrace(context.Background(), h)); got.TraceID() != span.SpanContext().TraceID() {
+		t.Fatalf("extracted trace %s, want %s", got.TraceID(), span.SpanContext().TraceID())
+	}
+	// A producer that used the net/http carrier canonicalised the key.
+	canon := nats.Header{}
+	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(canon))
+	if canon.Get("traceparent") != "" {
+		t.Fatal("expected the stock carrier to canonicalise; test premise broken")
+	}
+	if got := trace.SpanContextFromContext(bus.ExtractTrace(context.Background(), canon)); got.TraceID() != span.SpanContext().TraceID() {
+		t.Fatal("carrier does not read a canonicalised Traceparent")
+	}
+	if got := bus.ExtractTrace(context.Background(), nil); trace.SpanContextFromContext(got).IsValid() {
+		t.Fatal("nil header produced a span context")
+	}
+}
+
+func TestConnectWithCredentialFiles(t *testing.T) {
+	ctx := ctxT(t)
+	user, _ := nkeys.CreateUser()
+	seed, _ := user.Seed()
+	pub, _ := user.PublicKey()
+	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{StoreDir: t.TempDir(), Configure: func(o *server.Options) {
+		o.Nkeys = []*server.NkeyUser{{Nkey: pub}}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	url := ns.ClientURL()
+	dir := t.TempDir()
+	seedFile := filepath.Join(dir, "user.nk")
+	if err := os.WriteFile(seedFile, seed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := bus.Connect(ctx, url, bus.ConnectOptions{Name: "test", NKeySeedFile: seedFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+
+	if _, err := bus.Connect(ctx, url, bus.ConnectOptions{}); !events.IsReason(err, events.ReasonUnavailable) {
+		t.Fatalf("anonymous connect to an nkey server: want unavailable, got %v", err)
+	}
+	missing := filepath.Join(dir, "nope.creds")
+	if _, err := bus.Connect(ctx, url, bus.ConnectOptions{CredsFile: missing}); !events.IsReason(err, events.ReasonNotFound) || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("missing creds file: got %v", err)
+	}
+	if _, err := bus.Connect(ctx, url, bus.ConnectOptions{CredsFile: seedFile, NKeySeedFile: seedFile}); !events.IsReason(err, events.ReasonMalformed) {
+		t.Fatalf("creds and nkey together: got %v", err)
+	}
+	junk := filepath.Join(dir, "junk.nk")
+	if err := os.WriteFile(junk, []byte("not a seed"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = bus.Connect(ctx, url, bus.ConnectOptions{NKeySeedFile: junk})
+	var e *events.Error
+	if !errors.As(err, &e) || e.Reason != events.ReasonMalformed {
+		t.Fatalf("junk seed file: got %v", err)
+	}
+}
