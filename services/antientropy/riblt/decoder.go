@@ -1,0 +1,198 @@
+package riblt
+
+import (
+	"container/heap"
+	"math"
+
+	"github.com/factsync/factsync/events"
+)
+
+// Decoder is the receiving side of a session. It subtracts the receiver's
+// own sketch from each coded symbol that arrives, which leaves the coding
+// of the symmetric difference, and peels that as symbols come in.
+type Decoder struct {
+	local *Sketch
+
+	cells []cell // received symbols minus the receiver's: the coding of the difference
+	// empties counts symbols past symbol 0 that held no differing id when
+	// they arrived; it drives the estimate of the difference's size.
+	empties int
+	// logEmpty[i] is log(1-density(i)), cached for Estimate.
+	logEmpty []float64
+	pure     []int
+	// recovered holds peeled ids, each with its mapping parked at its
+	// next index past the symbols received, to apply to later symbols.
+	recovered recoveredQueue
+	seen      map[events.FactID]struct{}
+
+	remote, localOnly []events.FactID
+	err               error
+}
+
+// NewDecoder returns a decoder that reconciles against local, the sketch
+// of the receiver's own set.
+func NewDecoder(local *Sketch) *Decoder {
+	return &Decoder{local: local, seen: map[events.FactID]struct{}{}}
+}
+
+// Received returns how many symbols have arrived.
+func (d *Decoder) Received() int { return len(d.cells) }
+
+// Done reports whether the whole difference is known: symbol 0 holds every
+// id, so once it is empty nothing is left to peel.
+func (d *Decoder) Done() bool { return len(d.cells) > 0 && d.cells[0].empty() && d.err == nil }
+
+// Remote returns the ids only the sender has (the receiver needs them).
+func (d *Decoder) Remote() []events.FactID { return d.remote }
+
+// Local returns the ids only the receiver has (the sender needs them).
+func (d *Decoder) Local() []events.FactID { return d.localOnly }
+
+// AddSymbols takes the next symbols in wire form, in order, and peels as
+// far as they allow.
+func (d *Decoder) AddSymbols(wire []byte) error {
+	if d.err != nil {
+		return d.err
+	}
+	if len(wire)%SymbolSize != 0 {
+		return events.Errorf(events.ReasonMalformed, "riblt symbols are %d bytes, not a multiple of %d", len(wire), SymbolSize)
+	}
+	for ; len(wire) > 0; wire = wire[SymbolSize:] {
+		i := len(d.cells)
+		if i >= d.local.Size() {
+			d.err = events.Errorf(events.ReasonTooLarge, "the difference needs more than the %d riblt symbols this peer keeps; reconcile with negentropy", d.local.Size())
+			return d.err
+		}
+		c := cellFromWire(wire)
+		mine := d.local.cell(i)
+		c.subtract(&mine)
+		if i > 0 && c.empty() {
+			d.empties++
+		}
+		for len(d.recovered) > 0 && d.recovered[0].next.idx == uint64(i) {
+			r := &d.recovered[0]
+			c.apply(&r.id, r.checksum, -r.sign)
+			r.next.next()
+			heap.Fix(&d.recovered, 0)
+		}
+		d.cells = append(d.cells, c)
+		d.logEmpty = append(d.logEmpty, math.Log1p(-density(i)))
+		if _, ok := c.isPure(); ok {
+			d.pure = append(d.pure, i)
+		}
+	}
+	d.peel()
+	return d.err
+}
+
+// peel recovers ids from pure cells until none is left.
+func (d *Decoder) peel() {
+	for len(d.pure) > 0 && d.err == nil {
+		j := d.pure[len(d.pure)-1]
+		d.pure = d.pure[:len(d.pure)-1]
+		sign, ok := d.cells[j].isPure()
+		if !ok {
+			continue // already peeled through another cell
+		}
+		id := d.cells[j].sum
+		if _, dup := d.seen[id]; dup {
+			d.err = events.Errorf(events.ReasonMalformed, "riblt decoding recovered id %s twice: the symbols are inconsistent", id)
+			return
+		}
+		d.seen[id] = struct{}{}
+		if sign > 0 {
+			d.remote = append(d.remote, id)
+		} else {
+			d.localOnly = append(d.localOnly, id)
+		}
+		sum := Checksum(&id)
+		m := newMapping(sum)
+		for i := m.idx; i < uint64(len(d.cells)); i = m.next() {
+			d.cells[i].apply(&id, sum, -sign)
+			if _, ok := d.cells[i].isPure(); ok {
+				d.pure = append(d.pure, int(i))
+			}
+		}
+		heap.Push(&d.recovered, recoveredID{id: id, checksum: sum, sign: sign, next: m})
+	}
+}
+
+// Estimate returns an estimate of the size of the difference from the
+// share of symbols that held none of it. Symbol i is empty with
+// probability (1-density(i))^d, so d solves sum_i (1-density(i))^d =
+// empties. ok is false while no symbol has been empty, when all that is
+// known is that d is large compared with the symbols received.
+func (d *Decoder) Estimate() (estimate float64, ok bool) {
+	m := len(d.cells)
+	if d.empties == 0 || m < 2 {
+		return 0, false
+	}
+	expectedEmpties := func(diff float64) float64 {
+		var sum float64
+		for _, l := range d.logEmpty[1:] {
+			sum += math.Exp(diff * l)
+		}
+		return sum
+	}
+	lo, hi := 0.0, float64(2*m)
+	for expectedEmpties(hi) > float64(d.empties) && hi < 1e9 {
+		lo, hi = hi, hi*2
+	}
+	for range 40 {
+		mid := (lo + hi) / 2
+		if expectedEmpties(mid) > float64(d.empties) {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return max((lo+hi)/2, float64(len(d.seen))), true
+}
+
+// Sizing of requests for more symbols. Decoding takes about overhead
+// symbols per differing id; a request asks for what the estimate says is
+// missing, but never more than doubles what has arrived, so a wrong
+// estimate costs at most a round trip, not a flood.
+const (
+	FirstBatch     = 4
+	overhead       = 1.4
+	minBatchFactor = 32
+)
+
+// NextBatch returns how many more symbols to ask for, or 0 when done.
+func (d *Decoder) NextBatch() int {
+	m := len(d.cells)
+	switch {
+	case d.Done() || d.err != nil:
+		return 0
+	case m == 0:
+		return FirstBatch
+	}
+	want := m
+	if est, ok := d.Estimate(); ok {
+		want = int(math.Ceil(overhead*est)) - m
+	}
+	want = min(max(want, 2, m/minBatchFactor), m)
+	return min(want, d.local.Size()-m)
+}
+
+type recoveredID struct {
+	id       events.FactID
+	checksum uint64
+	sign     int
+	next     mapping
+}
+
+// recoveredQueue is a min-heap of recovered ids by their next index.
+type recoveredQueue []recoveredID
+
+func (q recoveredQueue) Len() int           { return len(q) }
+func (q recoveredQueue) Less(i, j int) bool { return q[i].next.idx < q[j].next.idx }
+func (q recoveredQueue) Swap(i, j int)      { q[i], q[j] = q[j], q[i] }
+func (q *recoveredQueue) Push(x any)        { *q = append(*q, x.(recoveredID)) }
+func (q *recoveredQueue) Pop() any {
+	old := *q
+	x := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return x
+}
