@@ -32,6 +32,8 @@ const (
 	ReasonConflict        Reason = "conflict"         // a compare-and-set or fence lost
 	ReasonBadProof        Reason = "bad_proof"        // a Merkle proof or checkpoint does not verify
 	ReasonUnsupported     Reason = "unsupported"      // the server or backend does not provide this operation
+	ReasonRollback        Reason = "rollback"         // a version not above the one already trusted or in force
+	ReasonExpired         Reason = "expired"          // signed metadata past its expiry, or a step past its deadline
 )
 
 // Error is an error with a stable reason code and a human sentence.
