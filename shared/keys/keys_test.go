@@ -128,4 +128,3 @@ func TestPublicFileAndLoadOrGenerate(t *testing.T) {
 		t.Fatalf("Load of a public file: %v", err)
 	}
 }
-
