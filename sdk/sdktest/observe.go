@@ -123,8 +123,14 @@ func testConcurrentFields(t *testing.T, s Setup) {
 	waitVisible(t, s, b, "shared")
 
 	errs := make(chan error, 2)
-	go func() { _, err := a.DocumentStore().Upsert(ctxFor(t, s), coll, "shared", map[string]any{"title": "final"}); errs <- err }()
-	go func() { _, err := b.DocumentStore().Upsert(ctxFor(t, s), coll, "shared", map[string]any{"owner": "bob"}); errs <- err }()
+	go func() {
+		_, err := a.DocumentStore().Upsert(ctxFor(t, s), coll, "shared", map[string]any{"title": "final"})
+		errs <- err
+	}()
+	go func() {
+		_, err := b.DocumentStore().Upsert(ctxFor(t, s), coll, "shared", map[string]any{"owner": "bob"})
+		errs <- err
+	}()
 	for range 2 {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
