@@ -1,0 +1,167 @@
+package journal
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/shared/fold"
+)
+
+// A checkpoint is the replica's state at a JOURNAL sequence, in one file:
+//
+//	magic "fsjournal1\n"
+//	u64 seq, i64 stream created (unix nanos), uvarint #authorities,
+//	per authority (ascending): uvarint len + id, uvarint len + fold encoding
+//	SHA-256 of everything before it
+//
+// It is written to a temporary file, fsynced and renamed over the old one,
+// and the directory is fsynced, so a crash leaves the old checkpoint or the
+// new one, never a torn one; the trailing hash catches any other
+// corruption. seq is the last sequence folded into the state, which came
+// from the stream, so the checkpoint is never ahead of the stream it was
+// taken from. The stream's creation time identifies that stream: a JOURNAL
+// recreated from scratch does not inherit a checkpoint of the old one.
+const (
+	checkpointMagic = "fsjournal1\n"
+	checkpointFile  = "checkpoint"
+)
+
+type checkpoint struct {
+	seq           uint64
+	streamCreated int64
+	folds         map[events.AuthorityID]*fold.State
+}
+
+// encode renders the replica as a checkpoint. Lock: takes mu for reading,
+// for as long as the folds take to encode.
+func (r *replica) encode(streamCreated int64) (seq uint64, data []byte, err error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	b := []byte(checkpointMagic)
+	b = binary.BigEndian.AppendUint64(b, r.seq)
+	b = binary.BigEndian.AppendUint64(b, uint64(streamCreated))
+	b = binary.AppendUvarint(b, uint64(len(r.folds)))
+	for _, auth := range slices.Sorted(maps.Keys(r.folds)) {
+		st, err := r.folds[auth].MarshalBinary()
+		if err != nil {
+			return 0, nil, err
+		}
+		b = binary.AppendUvarint(b, uint64(len(auth)))
+		b = append(b, auth...)
+		b = binary.AppendUvarint(b, uint64(len(st)))
+		b = append(b, st...)
+	}
+	sum := sha256.Sum256(b)
+	return r.seq, append(b, sum[:]...), nil
+}
+
+// writeCheckpoint replaces the checkpoint in dir atomically and durably.
+func writeCheckpoint(dir string, data []byte) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, checkpointFile+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, checkpointFile)); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// errNoCheckpoint means there is no checkpoint to resume from.
+var errNoCheckpoint = errors.New("no checkpoint")
+
+// readCheckpoint loads the checkpoint in dir. A missing file is
+// errNoCheckpoint; a damaged one is a ReasonMalformed error.
+func readCheckpoint(dir string) (*checkpoint, error) {
+	data, err := os.ReadFile(filepath.Join(dir, checkpointFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, errNoCheckpoint
+	}
+	if err != nil {
+		return nil, err
+	}
+	return decodeCheckpoint(data)
+}
+
+func decodeCheckpoint(data []byte) (*checkpoint, error) {
+	damaged := func(what string) error {
+		return events.Errorf(events.ReasonMalformed, "journal checkpoint is damaged: %s", what)
+	}
+	if len(data) < len(checkpointMagic)+16+sha256.Size || !bytes.HasPrefix(data, []byte(checkpointMagic)) {
+		return nil, damaged("too short or not a checkpoint")
+	}
+	body, sum := data[:len(data)-sha256.Size], data[len(data)-sha256.Size:]
+	if want := sha256.Sum256(body); !bytes.Equal(sum, want[:]) {
+		return nil, damaged("checksum mismatch")
+	}
+	b := body[len(checkpointMagic):]
+	c := &checkpoint{
+		seq:           binary.BigEndian.Uint64(b),
+		streamCreated: int64(binary.BigEndian.Uint64(b[8:])),
+		folds:         map[events.AuthorityID]*fold.State{},
+	}
+	b = b[16:]
+	next := func() ([]byte, bool) {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || n > uint64(len(b)-k) {
+			return nil, false
+		}
+		out := b[k : k+int(n)]
+		b = b[k+int(n):]
+		return out, true
+	}
+	count, k := binary.Uvarint(b)
+	if k <= 0 {
+		return nil, damaged("bad authority count")
+	}
+	b = b[k:]
+	for range count {
+		auth, ok1 := next()
+		st, ok2 := next()
+		if !ok1 || !ok2 {
+			return nil, damaged("truncated")
+		}
+		id := events.AuthorityID(auth)
+		if err := id.Validate(); err != nil {
+			return nil, damaged(err.Error())
+		}
+		state := fold.New()
+		if err := state.UnmarshalBinary(st); err != nil {
+			return nil, damaged(fmt.Sprintf("authority %s: %v", id, err))
+		}
+		c.folds[id] = state
+	}
+	if len(b) != 0 {
+		return nil, damaged("trailing bytes")
+	}
+	return c, nil
+}

@@ -1,0 +1,122 @@
+package journal
+
+import (
+	"sync"
+
+	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/shared/fold"
+	"github.com/factsync/factsync/shared/query"
+)
+
+// replica is the journal's materialised state: one fold per authority, the
+// secondary indexes over it, and the JOURNAL sequence it reflects. The fold
+// loop writes it; request handlers read it concurrently.
+type replica struct {
+	indexed map[string][]string // collection (or "*") -> indexed fields
+
+	mu      sync.RWMutex
+	seq     uint64 // last JOURNAL sequence folded
+	folds   map[events.AuthorityID]*fold.State
+	indexes map[events.AuthorityID]map[string]*query.Index
+}
+
+func newReplica(indexed map[string][]string) *replica {
+	return &replica{
+		indexed: indexed,
+		folds:   map[events.AuthorityID]*fold.State{},
+		indexes: map[events.AuthorityID]map[string]*query.Index{},
+	}
+}
+
+// folded is one fact of a batch, decoded, with where it came from.
+type folded struct {
+	fact *events.Fact
+	seq  uint64
+}
+
+// change is a visible change to publish once the lock is released.
+type change struct {
+	authority events.AuthorityID
+	change    fold.Change
+	seq       uint64
+}
+
+// apply folds a batch in order and returns the visible changes.
+// Lock: takes mu.
+func (r *replica) apply(batch []folded) []change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var changes []change
+	for _, b := range batch {
+		auth := b.fact.Authority
+		st := r.folds[auth]
+		if st == nil {
+			st = fold.New()
+			r.folds[auth] = st
+		}
+		ch, visible := st.Apply(b.fact)
+		if visible {
+			if ix := r.indexFor(auth, b.fact.Collection()); ix != nil {
+				ix.Update(ch.Before, ch.After)
+			}
+			changes = append(changes, change{authority: auth, change: ch, seq: b.seq})
+		}
+		r.seq = max(r.seq, b.seq)
+	}
+	return changes
+}
+
+// indexFor returns the index of one collection, creating it when fields are
+// declared for it. Lock: mu held for writing.
+func (r *replica) indexFor(auth events.AuthorityID, coll string) *query.Index {
+	if ix := r.indexes[auth][coll]; ix != nil {
+		return ix
+	}
+	fields := append(append([]string(nil), r.indexed["*"]...), r.indexed[coll]...)
+	if len(fields) == 0 {
+		return nil
+	}
+	if r.indexes[auth] == nil {
+		r.indexes[auth] = map[string]*query.Index{}
+	}
+	ix := query.NewIndex(fields...)
+	r.indexes[auth][coll] = ix
+	return ix
+}
+
+// restore replaces the state with a checkpoint's and rebuilds the indexes,
+// which are not checkpointed: they are derived and cheap to rebuild.
+// Lock: takes mu.
+func (r *replica) restore(seq uint64, folds map[events.AuthorityID]*fold.State) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.seq, r.folds = seq, folds
+	r.indexes = map[events.AuthorityID]map[string]*query.Index{}
+	for auth, st := range folds {
+		for _, coll := range st.Collections() {
+			ix := r.indexFor(auth, coll)
+			if ix == nil {
+				continue
+			}
+			for d := range st.Documents(coll) {
+				ix.Update(events.Document{}, d)
+			}
+		}
+	}
+}
+
+// read runs fn with the authority's fold and the collection's index (either
+// may be nil) under the read lock, and returns the sequence they reflect.
+func (r *replica) read(auth events.AuthorityID, coll string, fn func(*fold.State, *query.Index)) uint64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	fn(r.folds[auth], r.indexes[auth][coll])
+	return r.seq
+}
+
+// position returns the last JOURNAL sequence folded. Lock: takes mu.
+func (r *replica) position() uint64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.seq
+}

@@ -1,0 +1,155 @@
+package journal
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+
+	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/shared/bus"
+	"github.com/factsync/factsync/shared/fold"
+	"github.com/factsync/factsync/shared/query"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// serve subscribes the request handlers on fs.svc.journal.<op>.*, in queue
+// group "journal". The guard has already checked that the caller may read
+// the request's collection of the authority in the subject.
+func (r *run) serve() ([]*nats.Subscription, error) {
+	handlers := map[string]func(auth events.AuthorityID, body []byte) (any, error){
+		events.OpGet:   r.get,
+		events.OpQuery: r.query,
+		events.OpCount: r.count,
+	}
+	var subs []*nats.Subscription
+	for op, handle := range handlers {
+		sub, err := r.env.Conn.QueueSubscribe(events.ServiceSubject(events.JournalProto, op, "*"), Name, func(m *nats.Msg) {
+			reply, err := handleRequest(m, handle)
+			respond(m, reply, err)
+		})
+		if err != nil {
+			for _, s := range subs {
+				_ = s.Unsubscribe()
+			}
+			return nil, err
+		}
+		subs = append(subs, sub)
+	}
+	return subs, nil
+}
+
+func handleRequest(m *nats.Msg, handle func(events.AuthorityID, []byte) (any, error)) (any, error) {
+	addr, err := events.ParseAPISubject(events.ServicePrefix, m.Subject)
+	if err != nil {
+		return nil, err
+	}
+	return handle(addr.Authority, m.Data)
+}
+
+func respond(m *nats.Msg, reply any, err error) {
+	if m.Reply == "" {
+		return
+	}
+	out := nats.NewMsg(m.Reply)
+	if err == nil {
+		out.Data, err = json.Marshal(reply)
+	}
+	if err != nil {
+		out.Header.Set(events.HeaderReason, string(events.ReasonOf(err)))
+		out.Data = events.EncodeError(err)
+	}
+	_ = m.RespondMsg(out)
+}
+
+// decodeRequest refuses unknown members: a misspelt "where" must be an
+// error, not a query that matches everything.
+func decodeRequest(body []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return events.Wrap(events.ReasonMalformed, err, "request body is not the expected JSON")
+	}
+	return nil
+}
+
+func (r *run) get(auth events.AuthorityID, body []byte) (any, error) {
+	var req events.GetRequest
+	if err := decodeRequest(body, &req); err != nil {
+		return nil, err
+	}
+	if err := events.CheckName("collection", req.Collection); err != nil {
+		return nil, err
+	}
+	if err := events.CheckName("document id", req.ID); err != nil {
+		return nil, err
+	}
+	var (
+		doc   events.Document
+		found bool
+	)
+	r.replica.read(auth, req.Collection, func(st *fold.State, _ *query.Index) {
+		if st != nil {
+			doc, found = st.Get(req.Collection, req.ID)
+		}
+	})
+	if !found || doc.Deleted && !req.IncludeDeleted {
+		return nil, events.Errorf(events.ReasonNotFound, "document %s/%s does not exist", req.Collection, req.ID)
+	}
+	return events.GetReply{Document: doc}, nil
+}
+
+func (r *run) query(auth events.AuthorityID, body []byte) (any, error) {
+	var req events.QueryRequest
+	if err := decodeRequest(body, &req); err != nil {
+		return nil, err
+	}
+	q, err := query.FromRequest(req)
+	if err != nil {
+		return nil, err
+	}
+	reply := events.QueryReply{Documents: []events.Document{}}
+	reply.Seq = r.replica.read(auth, q.Collection, func(st *fold.State, ix *query.Index) {
+		if st != nil {
+			reply.Documents, reply.NextCursor = q.Page(st, ix)
+		}
+	})
+	return reply, nil
+}
+
+func (r *run) count(auth events.AuthorityID, body []byte) (any, error) {
+	var req events.CountRequest
+	if err := decodeRequest(body, &req); err != nil {
+		return nil, err
+	}
+	q, err := query.FromSelection(req.Selection)
+	if err != nil {
+		return nil, err
+	}
+	var reply events.CountReply
+	reply.Seq = r.replica.read(auth, q.Collection, func(st *fold.State, ix *query.Index) {
+		if st != nil {
+			reply.Count = q.Count(st, ix)
+		}
+	})
+	return reply, nil
+}
+
+// announce publishes each visible change on core NATS, carrying on the
+// trace of the JOURNAL message that caused it. Observers that miss one
+// resynchronise with a query, so a failed publish is not retried.
+func (r *run) announce(ctx context.Context, batch []jetstream.Msg, changes []change) {
+	traces := map[uint64]nats.Header{}
+	for _, m := range batch {
+		if meta, err := m.Metadata(); err == nil && m.Headers() != nil {
+			traces[meta.Sequence.Stream] = m.Headers()
+		}
+	}
+	for _, c := range changes {
+		doc := c.change.After
+		msg := nats.NewMsg(events.ChangesSubject(c.authority, doc.Collection, doc.ID))
+		bus.InjectTrace(bus.ExtractTrace(ctx, traces[c.seq]), msg.Header)
+		msg.Data, _ = json.Marshal(events.Change{Authority: c.authority, Document: doc, Fact: c.change.Fact.String(), Seq: c.seq})
+		_ = r.env.Conn.PublishMsg(msg)
+	}
+}
