@@ -90,7 +90,7 @@ func (o object) get(path ...any) any {
 }
 
 func (o object) str(path ...any) string { s, _ := o.get(path...).(string); return s }
-func (o object) obj(path ...any) object  { m, _ := o.get(path...).(map[string]any); return m }
+func (o object) obj(path ...any) object { m, _ := o.get(path...).(map[string]any); return m }
 func (o object) list(path ...any) []object {
 	l, _ := o.get(path...).([]any)
 	out := make([]object, 0, len(l))
