@@ -58,7 +58,9 @@ func lintDockerfile(t *testing.T, rel string) []instructions.Stage {
 // and the ARGs it uses are declared before the first FROM.
 func checkBaseImage(t *testing.T, rel string, s instructions.Stage, declared map[string]bool) {
 	t.Helper()
-	for _, word := range strings.FieldsFunc(s.BaseName+" "+s.Platform, func(r rune) bool { return !(r == '_' || r == '$' || r == '{' || r == '}' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') }) {
+	for _, word := range strings.FieldsFunc(s.BaseName+" "+s.Platform, func(r rune) bool {
+		return !(r == '_' || r == '$' || r == '{' || r == '}' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9')
+	}) {
 		name := strings.Trim(word, "${}")
 		if strings.HasPrefix(word, "$") && !declared[name] {
 			t.Errorf("%s: FROM %s uses ARG %s, which is not declared before the first FROM", rel, s.BaseName, name)
