@@ -1,0 +1,21 @@
+package events
+
+// Request headers the guard reads on fronted requests (see api.go for the
+// common ones).
+const (
+	// HeaderAuthorityKey carries the authority public key, lowercase hex.
+	// It must hash to the request's authority; the token must be rooted
+	// at it.
+	HeaderAuthorityKey = "Fs-Authority-Key"
+	// HeaderAuthority names the authority a peer request concerns (peer
+	// subjects carry no authority of their own).
+	HeaderAuthority = "Fs-Authority"
+)
+
+// The guard's own request protocol, answered by the guard itself rather
+// than forwarded: APISubject(GuardProto, OpRevoke, auth) with a JSON
+// capability.Revocation body signed by the authority key.
+const (
+	GuardProto = "guard"
+	OpRevoke   = "revoke"
+)

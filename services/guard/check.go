@@ -1,0 +1,233 @@
+package guard
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/factsync/factsync/events"
+	eventsv1 "github.com/factsync/factsync/events/v1"
+	"github.com/factsync/factsync/shared/capability"
+	"google.golang.org/protobuf/proto"
+)
+
+// maxDeniedPayload bounds the copy of a rejected event kept in DENIED.
+const maxDeniedPayload = 4 << 10
+
+// checker decides the facts of INGRESS messages. It holds no connection,
+// so the fuzz target and the benchmark drive it directly. It is safe for
+// concurrent use.
+type checker struct {
+	verifier *capability.Verifier
+	policy   *policyHolder
+	rates    *rateWindows
+	maxSkew  time.Duration
+}
+
+// verdict is what the checker decided about one INGRESS message.
+type verdict struct {
+	accepted []*events.Fact
+	// tokens holds, by hash, the tokens the accepted facts cite.
+	tokens  map[string][]byte
+	denials []*eventsv1.Denial
+}
+
+// check runs every fact of the INGRESS message through, in order: decode,
+// size, schema version, device signature, token (rooted at the fact's
+// authority, naming its device, granting write on its collection, not
+// expired, not revoked), clock skew, policy. Facts that share a token,
+// device and collection are authorised together.
+func (c *checker) check(ctx context.Context, subject string, data []byte, now time.Time) verdict {
+	var v verdict
+	deny := func(err error, f *events.Fact, payload []byte) {
+		v.denials = append(v.denials, denial(subject, err, f, payload, now))
+	}
+	batch, err := decodeBatch(subject, data)
+	if err != nil {
+		deny(err, nil, data)
+		return v
+	}
+	tokens := make(map[string][]byte, len(batch.tokens))
+	for _, t := range batch.tokens {
+		tokens[events.TokenHash(t)] = t
+	}
+
+	// Decode, size, schema version and signature, fact by fact.
+	type groupKey struct{ token, device, collection string }
+	groups := map[groupKey][]*events.Fact{}
+	var order []groupKey
+	seen := map[events.FactID]bool{}
+	for _, sf := range batch.facts {
+		f, err := events.FactFromProto(sf)
+		if err == nil && f.Authority != batch.authority {
+			err = events.Errorf(events.ReasonMalformed, "fact of authority %s published on %s", f.Authority, subject)
+		}
+		if err == nil {
+			err = f.VerifySignature()
+		}
+		if err != nil {
+			b, _ := proto.Marshal(sf)
+			deny(err, f, b)
+			continue
+		}
+		if seen[f.ID] {
+			continue // the same fact twice in one batch is one fact
+		}
+		seen[f.ID] = true
+		k := groupKey{f.TokenHash(), string(f.Device), f.Collection()}
+		if groups[k] == nil {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], f)
+	}
+
+	// Token, once per group; then clock skew and policy per fact.
+	for _, k := range order {
+		facts := groups[k]
+		token, err := tokens[k.token], error(nil)
+		if token == nil {
+			err = events.Errorf(events.ReasonBadToken, "token %.12s cited by the fact is not in the batch", k.token)
+		} else {
+			_, err = c.verifier.Verify(token, capability.Request{
+				Authority: facts[0].AuthorityKey(),
+				Device:    facts[0].DeviceKey(),
+				Right:     capability.Right{Collection: k.collection, Op: capability.OpWrite},
+				Now:       now,
+			})
+		}
+		for _, f := range facts {
+			ferr := err
+			if ferr == nil {
+				ferr = c.checkFact(ctx, subject, f, now)
+			}
+			if ferr != nil {
+				deny(ferr, f, f.Marshal())
+				continue
+			}
+			v.accepted = append(v.accepted, f)
+			if v.tokens == nil {
+				v.tokens = map[string][]byte{}
+			}
+			v.tokens[k.token] = token
+		}
+	}
+	return v
+}
+
+// checkFact runs the per-fact checks that follow the token.
+func (c *checker) checkFact(ctx context.Context, subject string, f *events.Fact, now time.Time) error {
+	if limit := now.Add(c.maxSkew); f.HLC.Time().After(limit) {
+		return events.Errorf(events.ReasonClockSkew, "fact %s has hlc %s, more than %s after this peer's clock", f.ID, f.HLC, c.maxSkew)
+	}
+	count, window := c.rates.next(f.Authority, now)
+	in := PolicyInput{
+		Kind:          "fact",
+		Subject:       subject,
+		Authority:     f.Authority,
+		Device:        f.Device,
+		Collection:    f.Collection(),
+		Op:            string(capability.OpWrite),
+		Document:      f.Document(),
+		Delete:        f.IsDelete(),
+		Size:          len(f.Body),
+		HLCMillis:     f.HLC.WallMillis,
+		NowMillis:     now.UnixMilli(),
+		RateCount:     count,
+		RateWindowSec: int(window / time.Second),
+	}
+	return c.policy.current.Load().Decide(ctx, &in)
+}
+
+// ingressBatch is a decoded INGRESS message.
+type ingressBatch struct {
+	authority events.AuthorityID
+	facts     []*eventsv1.SignedFact
+	tokens    [][]byte
+}
+
+// decodeBatch checks the message as a whole: its subject, size and shape.
+func decodeBatch(subject string, data []byte) (*ingressBatch, error) {
+	auth, err := events.ParseIngressFactSubject(subject)
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > events.MaxIngressMessage {
+		return nil, events.Errorf(events.ReasonTooLarge, "batch is %d bytes, limit %d", len(data), events.MaxIngressMessage)
+	}
+	var fb eventsv1.FactBatch
+	if err := proto.Unmarshal(data, &fb); err != nil {
+		return nil, events.Wrap(events.ReasonMalformed, err, "decode fact batch")
+	}
+	if len(fb.GetFacts()) == 0 {
+		return nil, events.Errorf(events.ReasonMalformed, "batch holds no facts")
+	}
+	if len(fb.GetFacts()) > events.MaxBatchFacts || len(fb.GetTokens()) > events.MaxBatchFacts {
+		return nil, events.Errorf(events.ReasonTooLarge, "batch holds %d facts and %d tokens, limit %d each",
+			len(fb.GetFacts()), len(fb.GetTokens()), events.MaxBatchFacts)
+	}
+	return &ingressBatch{authority: auth, facts: fb.GetFacts(), tokens: fb.GetTokens()}, nil
+}
+
+// denial records a rejection for DENIED.
+func denial(subject string, err error, f *events.Fact, payload []byte, now time.Time) *eventsv1.Denial {
+	d := &eventsv1.Denial{
+		Reason:             string(events.ReasonOf(err)),
+		Detail:             detailOf(err),
+		Subject:            subject,
+		Payload:            bytes.Clone(payload[:min(len(payload), maxDeniedPayload)]),
+		DeniedAtUnixMillis: now.UnixMilli(),
+	}
+	if f != nil {
+		d.FactId = f.ID.String()
+	}
+	return d
+}
+
+// detailOf is the human part of err, without the reason prefix.
+func detailOf(err error) string {
+	var e *events.Error
+	if errors.As(err, &e) {
+		if e.Err != nil {
+			return e.Detail + ": " + e.Err.Error()
+		}
+		return e.Detail
+	}
+	return err.Error()
+}
+
+// rateWindows counts facts per authority in fixed windows of the clock, the
+// count the policy's rate limits compare against.
+type rateWindows struct {
+	mu     sync.Mutex
+	window time.Duration
+	counts map[events.AuthorityID]rateCount
+}
+
+type rateCount struct {
+	window int64
+	count  int
+}
+
+func newRateWindows(window time.Duration) *rateWindows {
+	return &rateWindows{window: window, counts: map[events.AuthorityID]rateCount{}}
+}
+
+// next counts one more fact of auth at now and returns the count in the
+// current window, and the window's length.
+func (r *rateWindows) next(auth events.AuthorityID, now time.Time) (int, time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w := now.UnixNano() / int64(r.window)
+	rc := r.counts[auth]
+	if rc.window != w {
+		if len(r.counts) > 100000 { // forget idle authorities now and then
+			clear(r.counts)
+		}
+		rc = rateCount{window: w}
+	}
+	rc.count++
+	r.counts[auth] = rc
+	return rc.count, r.window
+}

@@ -1,0 +1,175 @@
+package guard
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"time"
+
+	"github.com/factsync/factsync/events"
+	eventsv1 "github.com/factsync/factsync/events/v1"
+	"github.com/factsync/factsync/shared/bus"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+)
+
+// retryDelay is how long INGRESS waits before redelivering a message the
+// guard could not make durable (JOURNAL or DENIED unavailable).
+const retryDelay = time.Second
+
+// ingressLoop drains the guard's INGRESS consumer.
+type ingressLoop struct {
+	g        *running
+	consume  jetstream.ConsumeContext
+	msgs     chan jetstream.Msg
+	stopping chan struct{}
+}
+
+// startIngress creates the durable "guard" consumer (explicit ack) and
+// starts pulling from it.
+func (g *running) startIngress(ctx context.Context) (*ingressLoop, error) {
+	cons, err := g.env.JS.CreateOrUpdateConsumer(ctx, events.StreamIngress, jetstream.ConsumerConfig{
+		Durable:       Name,
+		Description:   "the guard decides every fact batch",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       g.cfg.AckWait,
+		MaxDeliver:    -1, // a message is only ever dropped by being decided
+		MaxAckPending: 4 * g.cfg.IngressBatch,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("guard: INGRESS consumer: %w", err)
+	}
+	l := &ingressLoop{g: g, msgs: make(chan jetstream.Msg, g.cfg.IngressBatch), stopping: make(chan struct{})}
+	l.consume, err = cons.Consume(func(m jetstream.Msg) {
+		select {
+		case l.msgs <- m:
+		case <-l.stopping:
+			_ = m.Nak() // hand it straight to the next guard
+		}
+	}, jetstream.PullMaxMessages(g.cfg.IngressBatch))
+	if err != nil {
+		return nil, fmt.Errorf("guard: consume INGRESS: %w", err)
+	}
+	return l, nil
+}
+
+// run decides INGRESS messages, up to IngressBatch at a time, until ctx
+// ends. Messages not yet decided are nak'd so another guard takes them at
+// once; a decision cut short by ctx is neither acked nor lost, because
+// INGRESS redelivers it and JOURNAL's dedup makes the repeat harmless.
+func (l *ingressLoop) run(ctx context.Context) {
+	for {
+		var group []jetstream.Msg
+		select {
+		case <-ctx.Done():
+			close(l.stopping)
+			l.consume.Drain()
+			<-l.consume.Closed()
+			for {
+				select {
+				case m := <-l.msgs:
+					_ = m.Nak()
+				default:
+					return
+				}
+			}
+		case m := <-l.msgs:
+			group = append(group, m)
+		}
+	fill:
+		for len(group) < cap(l.msgs) {
+			select {
+			case m := <-l.msgs:
+				group = append(group, m)
+			default:
+				break fill
+			}
+		}
+		l.g.decide(ctx, group)
+	}
+}
+
+// decide checks a group of INGRESS messages, makes the outcome durable
+// (accepted facts in JOURNAL, denials in DENIED) and only then acks them.
+func (g *running) decide(ctx context.Context, group []jetstream.Msg) {
+	start := g.env.Clock.Now()
+	var (
+		accepted []*events.Fact
+		tokens   = map[string][]byte{}
+		denials  []*eventsv1.Denial
+	)
+	for _, m := range group {
+		v := g.check.check(ctx, m.Subject(), m.Data(), start)
+		accepted = append(accepted, v.accepted...)
+		for h, t := range v.tokens {
+			tokens[h] = t
+		}
+		denials = append(denials, v.denials...)
+	}
+	retry := func(what string, err error) {
+		if ctx.Err() == nil {
+			g.log.Error("cannot make decisions durable; INGRESS will redeliver", "step", what, "err", err, "messages", len(group))
+		}
+		for _, m := range group {
+			_ = m.NakWithDelay(retryDelay)
+		}
+	}
+	if len(accepted) > 0 {
+		wctx, cancel := context.WithTimeout(ctx, g.cfg.RequestTimeout)
+		_, err := g.journal.write(wctx, accepted, tokens)
+		cancel()
+		if err != nil {
+			retry("journal", err)
+			return
+		}
+	}
+	if err := g.publishDenials(ctx, denials); err != nil {
+		retry("denied", err)
+		return
+	}
+	for _, m := range group {
+		_ = m.Ack()
+	}
+	reasons := make([]events.Reason, len(denials))
+	for i, d := range denials {
+		reasons[i] = events.Reason(d.GetReason())
+	}
+	g.metrics.record(ctx, "fact", len(accepted), reasons, g.env.Clock.Now().Sub(start))
+}
+
+// publishDenials stores denials in DENIED, each once: a redelivered
+// message's denials repeat the same Nats-Msg-Id.
+func (g *running) publishDenials(ctx context.Context, denials []*eventsv1.Denial) error {
+	futures := make([]jetstream.PubAckFuture, 0, len(denials))
+	for _, d := range denials {
+		m := nats.NewMsg(events.DeniedSubject(events.Reason(d.GetReason())))
+		m.Header.Set(events.HeaderMsgID, denialID(d))
+		bus.InjectTrace(ctx, m.Header)
+		m.Data, _ = proto.Marshal(d)
+		f, err := g.env.JS.PublishMsgAsync(m)
+		if err != nil {
+			return err
+		}
+		futures = append(futures, f)
+	}
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func denialID(d *eventsv1.Denial) string {
+	if d.GetFactId() != "" {
+		return "denied:" + d.GetReason() + ":" + d.GetFactId()
+	}
+	sum := sha256.Sum256(append([]byte(d.GetSubject()+"\x00"), d.GetPayload()...))
+	return "denied:" + d.GetReason() + ":" + hex.EncodeToString(sum[:])
+}

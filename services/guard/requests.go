@@ -1,0 +1,233 @@
+package guard
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+
+	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/shared/capability"
+	"github.com/nats-io/nats.go"
+)
+
+// maxConcurrentRequests bounds the requests the guard forwards at once; a
+// request beyond it waits in the subscription's buffer.
+const maxConcurrentRequests = 256
+
+// RequestRight returns the right a request must hold: read on the body's
+// "collection" for the journal's queries, sync on the whole authority for
+// anti-entropy, snapshot for snapshots, ota:propose and ota:approve for the
+// OTA ceremony, read on the whole authority for receipts. A protocol not
+// listed here is refused: the guard forwards only what it can check.
+func RequestRight(proto, op string, body []byte) (capability.Right, error) {
+	whole := func(o capability.Op) (capability.Right, error) {
+		return capability.Right{Collection: capability.AnyCollection, Op: o}, nil
+	}
+	switch proto {
+	case events.JournalProto:
+		var req struct {
+			Collection *string `json:"collection"`
+		}
+		if len(body) > 0 {
+			if err := json.Unmarshal(body, &req); err != nil {
+				return capability.Right{}, events.Wrap(events.ReasonMalformed, err, "request body is not a JSON object")
+			}
+		}
+		if req.Collection == nil {
+			return whole(capability.OpRead)
+		}
+		if err := events.CheckName("collection", *req.Collection); err != nil {
+			return capability.Right{}, err
+		}
+		return capability.Right{Collection: *req.Collection, Op: capability.OpRead}, nil
+	case "antientropy":
+		return whole(capability.OpSync)
+	case "snapshot":
+		return whole(capability.OpSnapshot)
+	case "ota":
+		switch op {
+		case "propose":
+			return whole(capability.OpOTAPropose)
+		case "approve":
+			return whole(capability.OpOTAApprove)
+		}
+		return whole(capability.OpRead)
+	case "receipts":
+		return whole(capability.OpRead)
+	}
+	return capability.Right{}, events.Errorf(events.ReasonNotFound, "the guard fronts no protocol %q", proto)
+}
+
+// serveRequests subscribes to the client API and this peer's peer subjects
+// in queue group "guard", so guard replicas share them.
+func (g *running) serveRequests(ctx context.Context) ([]*nats.Subscription, error) {
+	sem := make(chan struct{}, maxConcurrentRequests)
+	handle := func(peer bool) nats.MsgHandler {
+		return func(m *nats.Msg) {
+			if !g.startRequest() {
+				g.reply(m, nil, events.Errorf(events.ReasonUnavailable, "the guard is shutting down"))
+				return
+			}
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem; g.requests.Done() }()
+				g.serveRequest(ctx, m, peer)
+			}()
+		}
+	}
+	api, err := g.env.Conn.QueueSubscribe(events.APIPrefix+".>", Name, handle(false))
+	if err != nil {
+		return nil, err
+	}
+	subs := []*nats.Subscription{api}
+	if g.env.Peer != "" {
+		peer, err := g.env.Conn.QueueSubscribe(events.PeerPrefix+"."+string(g.env.Peer)+".>", Name, handle(true))
+		if err != nil {
+			_ = api.Unsubscribe()
+			return nil, err
+		}
+		subs = append(subs, peer)
+	}
+	return subs, nil
+}
+
+// startRequest counts a request in, unless the guard is stopping.
+func (g *running) startRequest() bool {
+	g.requestsMu.Lock()
+	defer g.requestsMu.Unlock()
+	if g.requestsClosed {
+		return false
+	}
+	g.requests.Add(1)
+	return true
+}
+
+// stopRequests refuses new requests and waits for those in flight.
+func (g *running) stopRequests() {
+	g.requestsMu.Lock()
+	g.requestsClosed = true
+	g.requestsMu.Unlock()
+	g.requests.Wait()
+}
+
+// serveRequest checks one request and forwards it, or answers with the
+// reason it was refused. Every request gets a reply.
+func (g *running) serveRequest(ctx context.Context, m *nats.Msg, peer bool) {
+	start := g.env.Clock.Now()
+	reply, err := g.forward(ctx, m, peer)
+	var denied []events.Reason
+	if err != nil {
+		denied = []events.Reason{events.ReasonOf(err)}
+	}
+	g.metrics.record(ctx, "request", 1-len(denied), denied, g.env.Clock.Now().Sub(start))
+	g.reply(m, reply, err)
+}
+
+// reply answers m with reply, or with err as an error reply.
+func (g *running) reply(m *nats.Msg, reply *nats.Msg, err error) {
+	if m.Reply == "" {
+		return
+	}
+	if err != nil {
+		reply = &nats.Msg{Header: nats.Header{events.HeaderReason: []string{string(events.ReasonOf(err))}}, Data: events.EncodeError(err)}
+	}
+	reply.Subject = m.Reply
+	reply.Reply = ""
+	if err := g.env.Conn.PublishMsg(reply); err != nil {
+		g.log.Warn("cannot reply to request", "subject", m.Subject, "err", err)
+	}
+}
+
+// forward runs the request chain (address, token, right, policy) and
+// relays the service's reply.
+func (g *running) forward(ctx context.Context, m *nats.Msg, peer bool) (*nats.Msg, error) {
+	now := g.env.Clock.Now()
+	var (
+		addr events.RequestAddress
+		err  error
+	)
+	if peer {
+		addr, err = events.ParsePeerSubject(m.Subject)
+		if err == nil {
+			addr.Authority = events.AuthorityID(m.Header.Get(events.HeaderAuthority))
+			err = addr.Authority.Validate()
+		}
+	} else {
+		addr, err = events.ParseAPISubject(events.APIPrefix, m.Subject)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !peer && addr.Proto == events.GuardProto && addr.Op == events.OpRevoke {
+		body, err := g.revoke(ctx, addr.Authority, m.Data)
+		if err != nil {
+			return nil, err
+		}
+		return &nats.Msg{Data: body}, nil
+	}
+	right, err := RequestRight(addr.Proto, addr.Op, m.Data)
+	if err != nil {
+		return nil, err
+	}
+	authKey, err := authorityKey(m.Header, addr.Authority)
+	if err != nil {
+		return nil, err
+	}
+	token, err := base64.StdEncoding.DecodeString(m.Header.Get(events.HeaderToken))
+	if err != nil || len(token) == 0 {
+		return nil, events.Errorf(events.ReasonBadToken, "request carries no base64 token in header %s", events.HeaderToken)
+	}
+	grant, err := g.verifier.Verify(token, capability.Request{Authority: authKey, Right: right, Now: now})
+	if err != nil {
+		return nil, err
+	}
+	device := events.DeviceIDOf(grant.Device)
+	in := PolicyInput{
+		Kind:       "request",
+		Subject:    m.Subject,
+		Authority:  addr.Authority,
+		Device:     device,
+		Collection: right.Collection,
+		Op:         string(right.Op),
+		Proto:      addr.Proto,
+		RequestOp:  addr.Op,
+		Size:       len(m.Data),
+		NowMillis:  now.UnixMilli(),
+	}
+	if err := g.policy.current.Load().Decide(ctx, &in); err != nil {
+		return nil, err
+	}
+
+	fwd := nats.NewMsg(events.ServiceSubject(addr.Proto, addr.Op, addr.Authority))
+	for k, v := range m.Header {
+		fwd.Header[k] = v
+	}
+	fwd.Header.Set(events.HeaderDevice, string(device))
+	fwd.Data = m.Data
+	rctx, cancel := context.WithTimeout(ctx, g.cfg.RequestTimeout)
+	defer cancel()
+	reply, err := g.env.Conn.RequestMsgWithContext(rctx, fwd)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return nil, events.Errorf(events.ReasonUnavailable, "no %s service answers %s", addr.Proto, fwd.Subject)
+	case err != nil:
+		return nil, events.Wrap(events.ReasonUnavailable, err, "forward to "+fwd.Subject)
+	}
+	return &nats.Msg{Header: reply.Header, Data: reply.Data}, nil
+}
+
+// authorityKey reads the authority public key from the request and checks
+// that it is the key of auth.
+func authorityKey(h nats.Header, auth events.AuthorityID) (ed25519.PublicKey, error) {
+	key, err := hex.DecodeString(h.Get(events.HeaderAuthorityKey))
+	if err != nil || len(key) != ed25519.PublicKeySize {
+		return nil, events.Errorf(events.ReasonBadToken, "request needs the authority public key, hex, in header %s", events.HeaderAuthorityKey)
+	}
+	if events.AuthorityIDOf(key) != auth {
+		return nil, events.Errorf(events.ReasonBadToken, "header %s is the key of authority %s, not %s", events.HeaderAuthorityKey, events.AuthorityIDOf(key), auth)
+	}
+	return key, nil
+}

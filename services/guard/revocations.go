@@ -1,0 +1,98 @@
+package guard
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/shared/capability"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// RevocationBucket is the guard's KV bucket of revoked token ids, keyed
+// "<authority>.<revocation id hex>". Every guard replica watches it, so a
+// revocation accepted by one applies at all of them; with R3 JetStream it
+// survives the loss of a server.
+const RevocationBucket = "guard_revocations"
+
+func revocationBucket() jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      RevocationBucket,
+		Description: "revoked Biscuit revocation ids, by authority",
+		Storage:     jetstream.FileStorage,
+		History:     1,
+	}
+}
+
+// watchRevocations provisions the bucket, loads every revocation into the
+// verifier and keeps applying new ones until ctx ends. It returns once the
+// existing revocations are loaded, so no revoked token passes after Ready.
+func (s *Service) watchRevocations(ctx context.Context, js jetstream.JetStream, log *slog.Logger) (jetstream.KeyValue, error) {
+	kv, err := provisionKV(ctx, js, revocationBucket())
+	if err != nil {
+		return nil, err
+	}
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("guard: watch revocations: %w", err)
+	}
+	loaded := make(chan struct{})
+	go func() {
+		defer func() { _ = w.Stop() }()
+		initial := true
+		for entry := range w.Updates() {
+			if entry == nil {
+				if initial {
+					initial = false
+					close(loaded)
+				}
+				continue
+			}
+			auth, id, ok := strings.Cut(entry.Key(), ".")
+			if !ok {
+				log.Warn("ignoring malformed revocation key", "key", entry.Key())
+				continue
+			}
+			s.verifier.Revoke(events.AuthorityID(auth), id)
+		}
+	}()
+	select {
+	case <-loaded:
+		return kv, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// RevokeReply is the body of a successful revoke reply.
+type RevokeReply struct {
+	Revoked int `json:"revoked"`
+}
+
+// revoke serves APISubject(GuardProto, OpRevoke, auth): an authority-signed
+// capability.Revocation. The ids are stored in the bucket (for every
+// replica) and applied here at once, so the revoker's next request already
+// sees them.
+func (g *running) revoke(ctx context.Context, auth events.AuthorityID, body []byte) ([]byte, error) {
+	var r capability.Revocation
+	if err := json.Unmarshal(body, &r); err != nil {
+		return nil, events.Wrap(events.ReasonMalformed, err, "decode revocation")
+	}
+	if err := r.Verify(); err != nil {
+		return nil, err
+	}
+	if r.Authority() != auth {
+		return nil, events.Errorf(events.ReasonBadSignature, "revocation is signed by authority %s, not %s", r.Authority(), auth)
+	}
+	for _, id := range r.IDs {
+		if _, err := g.revocations.Put(ctx, string(auth)+"."+id, body); err != nil {
+			return nil, events.Wrap(events.ReasonUnavailable, err, "store revocation")
+		}
+	}
+	g.verifier.Revoke(auth, r.IDs...)
+	b, _ := json.Marshal(RevokeReply{Revoked: len(r.IDs)})
+	return b, nil
+}
