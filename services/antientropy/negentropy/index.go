@@ -255,3 +255,26 @@ func (n *node) recompute() {
 	}
 	n.first = n.children[0].first
 }
+
+// Clone returns an independent copy of the index.
+func (x *Index) Clone() *Index {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return &Index{root: x.root.clone()}
+}
+
+func (n *node) clone() *node {
+	if n == nil {
+		return nil
+	}
+	c := *n
+	if n.leaf() {
+		c.items = append(make([]Item, 0, maxLeafItems+1), n.items...)
+		return &c
+	}
+	c.children = make([]*node, len(n.children), maxChildren+1)
+	for i, ch := range n.children {
+		c.children[i] = ch.clone()
+	}
+	return &c
+}

@@ -294,3 +294,25 @@ func TestReconcileLargeUnderFrameLimit(t *testing.T) {
 		t.Fatalf("%d differences fitted in %d rounds of 4 KB frames; the frame limit is not applied", len(onlyA)+len(onlyB), rounds)
 	}
 }
+
+func TestCloneIsIndependent(t *testing.T) {
+	var x Index
+	for i := range 5000 {
+		x.Insert(Item{Timestamp: uint64(i % 13), ID: id(uint64(i))})
+	}
+	sum, n := x.Root()
+	c := x.Clone()
+	for i := 5000; i < 6000; i++ {
+		c.Insert(Item{Timestamp: uint64(i % 13), ID: id(uint64(i))})
+	}
+	if s2, n2 := x.Root(); s2 != sum || n2 != n {
+		t.Fatal("inserting into a clone changed the original")
+	}
+	var items []Item
+	c.View(func(s Storage) {
+		s.Iterate(0, s.Len(), func(it Item, _ int) bool { items = append(items, it); return true })
+		if s.Sum(0, s.Len()) != newVector(items).Sum(0, len(items)) || len(items) != 6000 {
+			t.Fatal("clone's sums do not match its items")
+		}
+	})
+}

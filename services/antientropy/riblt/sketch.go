@@ -75,3 +75,10 @@ func (s *Sketch) cell(i int) cell {
 	defer s.mu.RUnlock()
 	return s.cells[i]
 }
+
+// Clone returns an independent copy of the sketch.
+func (s *Sketch) Clone() *Sketch {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return &Sketch{cells: append([]cell(nil), s.cells...), n: s.n}
+}
