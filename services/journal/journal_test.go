@@ -90,11 +90,16 @@ type running struct {
 // runJournal starts the journal and waits until it is ready.
 func runJournal(tb testing.TB, h *bustest.Harness, dataDir string, cfg journal.Config) *running {
 	tb.Helper()
+	return runJournalWithin(tb, h, dataDir, cfg, 30*time.Second)
+}
+
+func runJournalWithin(tb testing.TB, h *bustest.Harness, dataDir string, cfg journal.Config, limit time.Duration) *running {
+	tb.Helper()
 	r := startJournal(tb, h, dataDir, cfg)
 	select {
 	case <-r.ready:
-	case <-time.After(30 * time.Second):
-		tb.Fatal("journal did not become ready")
+	case <-time.After(limit):
+		tb.Fatalf("journal did not become ready within %s", limit)
 	}
 	return r
 }
@@ -403,5 +408,24 @@ func TestRunFailsWithoutJournalStream(t *testing.T) {
 	err := journal.New(journal.Config{}).Run(context.Background(), env)
 	if err == nil || !errors.Is(err, jetstream.ErrStreamNotFound) {
 		t.Fatalf("Run without JOURNAL: %v", err)
+	}
+}
+
+func TestSkipsMessagesThatAreNotAcceptedFacts(t *testing.T) {
+	h := startServer(t, bus.EmbeddedConfig{})
+	runJournal(t, h, t.TempDir(), journal.Config{})
+	if _, err := h.JS.Publish(context.Background(), events.JournalSubject(auth, "tasks"), []byte("not a fact")); err != nil {
+		t.Fatal(err)
+	}
+	// A real fact on another collection's subject is not where the guard
+	// would have put it.
+	misfiled := sign(t, alice, 1000, "notes", "n1", map[string]any{"n": 1})
+	if _, err := h.JS.Publish(context.Background(), events.JournalSubject(auth, "tasks"), misfiled.Marshal()); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, h.JS, sign(t, alice, 1000, "tasks", "ok", map[string]any{"n": 1}))
+	eventually(t, "the good fact", func() bool { _, err := get(t, h.Conn, "tasks", "ok"); return err == nil })
+	if _, err := get(t, h.Conn, "notes", "n1"); err == nil || err.Reason != events.ReasonNotFound {
+		t.Fatalf("a misfiled fact was folded: %v", err)
 	}
 }

@@ -41,9 +41,10 @@ type change struct {
 	seq       uint64
 }
 
-// apply folds a batch in order and returns the visible changes.
-// Lock: takes mu.
-func (r *replica) apply(batch []folded) []change {
+// apply folds a batch in order and returns the visible changes. through
+// is the batch's last JOURNAL sequence, which the state reflects afterwards
+// even when that message was not a fact. Lock: takes mu.
+func (r *replica) apply(batch []folded, through uint64) []change {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var changes []change
@@ -61,8 +62,8 @@ func (r *replica) apply(batch []folded) []change {
 			}
 			changes = append(changes, change{authority: auth, change: ch, seq: b.seq})
 		}
-		r.seq = max(r.seq, b.seq)
 	}
+	r.seq = max(r.seq, through)
 	return changes
 }
 

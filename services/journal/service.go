@@ -62,12 +62,9 @@ func New(cfg Config) *Service { return &Service{cfg: cfg.withDefaults()} }
 // Name implements service.Service.
 func (s *Service) Name() string { return Name }
 
-// Streams implements service.Service. JOURNAL is written by the guard; the
-// journal lists it too because it cannot run without it, and provisioning
-// the same config twice is a no-op.
-func (s *Service) Streams() []jetstream.StreamConfig {
-	return []jetstream.StreamConfig{events.JournalStream()}
-}
+// Streams implements service.Service. The journal owns no stream: JOURNAL
+// is the guard's, and only the guard's NATS user may change it.
+func (s *Service) Streams() []jetstream.StreamConfig { return nil }
 
 // run is one run of the service.
 type run struct {
@@ -108,14 +105,16 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	}
 	caughtUp := make(chan struct{})
 	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	var wg sync.WaitGroup
+	defer func() {
+		cancel(nil)
+		wg.Wait()
+	}()
 	wg.Go(func() {
 		if err := r.consume(ctx, cons, caughtUp); err != nil {
 			cancel(err)
 		}
 	})
-	defer wg.Wait()
 
 	select {
 	case <-caughtUp:
@@ -225,11 +224,13 @@ func (r *run) consume(ctx context.Context, cons jetstream.Consumer, caughtUp cha
 		return fmt.Errorf("journal: consume JOURNAL: %w", err)
 	}
 	incoming := make(chan jetstream.Msg)
+	var nextErr error // set before incoming is closed
 	go func() {
 		defer close(incoming)
 		for {
 			m, err := msgs.Next()
 			if err != nil {
+				nextErr = err
 				return
 			}
 			select {
@@ -252,7 +253,10 @@ func (r *run) consume(ctx context.Context, cons jetstream.Consumer, caughtUp cha
 			return nil
 		case m, ok := <-incoming:
 			if !ok {
-				return ctx.Err()
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("journal: JOURNAL consumer stopped: %w", nextErr)
 			}
 			batch = append(batch, m)
 		}
@@ -278,12 +282,13 @@ func (r *run) consume(ctx context.Context, cons jetstream.Consumer, caughtUp cha
 // batch ended at the stream's end as the consumer saw it.
 func (r *run) foldBatch(ctx context.Context, batch []jetstream.Msg) (atEnd bool) {
 	facts := make([]folded, 0, len(batch))
+	var through uint64
 	for _, m := range batch {
 		meta, err := m.Metadata()
 		if err != nil {
 			continue
 		}
-		atEnd = meta.NumPending == 0
+		atEnd, through = meta.NumPending == 0, meta.Sequence.Stream
 		f, err := factOf(m)
 		if err != nil {
 			// The guard wrote something that is not an accepted fact. It
@@ -295,7 +300,7 @@ func (r *run) foldBatch(ctx context.Context, batch []jetstream.Msg) (atEnd bool)
 		}
 		facts = append(facts, folded{fact: f, seq: meta.Sequence.Stream})
 	}
-	changes := r.replica.apply(facts)
+	changes := r.replica.apply(facts, through)
 	r.folded.Add(ctx, int64(len(facts)))
 	r.announce(ctx, batch, changes)
 	for _, m := range batch {
