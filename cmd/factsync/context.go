@@ -14,14 +14,16 @@ const defaultContextFile = ".factsync/context.json"
 // stackContext is what 'factsync dev' writes so that client commands in
 // another shell can use the stack at once. Paths are absolute.
 type stackContext struct {
-	NATSURL      string             `json:"nats_url"`
+	NATSURL string `json:"nats_url"`
+	// NATSOpsURL is for operators' tools such as `go tool nats`: it may
+	// read streams, which the client user may not.
+	NATSOpsURL   string             `json:"nats_ops_url,omitempty"`
 	HTTPURL      string             `json:"http_url"`
 	Peer         events.PeerID      `json:"peer"`
 	Authority    events.AuthorityID `json:"authority"`
 	AuthorityKey string             `json:"authority_key_file"`
 	DeviceKey    string             `json:"device_key_file"`
 	Token        string             `json:"token_file"`
-	NATSCreds    string             `json:"nats_creds_file,omitempty"`
 }
 
 func writeContext(path string, c stackContext) error {

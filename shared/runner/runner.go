@@ -36,6 +36,10 @@ type Config struct {
 	// Conn is shared by the services. The caller owns it and closes it
 	// after Wait returns.
 	Conn *nats.Conn
+	// ServiceConns gives named services a connection of their own, so each
+	// runs as its own NATS user (the guard is the only user that may write
+	// the accepted streams). Services not listed use Conn.
+	ServiceConns map[string]*nats.Conn
 	// JetStreamDomain selects the peer's JetStream domain; empty for the
 	// local one.
 	JetStreamDomain string
@@ -113,22 +117,23 @@ func Start(ctx context.Context, cfg Config, services ...service.Service) (*Runne
 	if err := cfg.check(services); err != nil {
 		return nil, err
 	}
-	js, err := newJetStream(cfg)
-	if err != nil {
-		return nil, err
-	}
-	for _, svc := range services {
-		if err := bus.Provision(ctx, js, svc.Streams()...); err != nil {
-			return nil, fmt.Errorf("runner: streams of service %s: %w", svc.Name(), err)
-		}
-	}
-	envs := make([]*service.Env, len(services))
 	r := &Runner{cfg: cfg, status: map[string]*Status{}, ready: make(chan struct{})}
+	envs := make([]*service.Env, len(services))
 	for i, svc := range services {
 		name := svc.Name()
+		conn := cfg.connFor(name)
+		js, err := newJetStream(conn, cfg.JetStreamDomain)
+		if err != nil {
+			return nil, err
+		}
+		// Each service provisions what it owns under its own NATS user:
+		// only the guard's user may change the guarded streams.
+		if err := bus.Provision(ctx, js, svc.Streams()...); err != nil {
+			return nil, fmt.Errorf("runner: streams of service %s: %w", name, err)
+		}
 		r.names = append(r.names, name)
 		r.status[name] = &Status{Name: name, State: StateStarting}
-		if envs[i], err = r.env(js, name); err != nil {
+		if envs[i], err = r.env(conn, js, name); err != nil {
 			return nil, err
 		}
 	}
@@ -178,22 +183,29 @@ func (cfg *Config) check(services []service.Service) error {
 	return nil
 }
 
-func newJetStream(cfg Config) (jetstream.JetStream, error) {
-	if cfg.JetStreamDomain != "" {
-		return jetstream.NewWithDomain(cfg.Conn, cfg.JetStreamDomain)
+func (cfg *Config) connFor(service string) *nats.Conn {
+	if nc := cfg.ServiceConns[service]; nc != nil {
+		return nc
 	}
-	return jetstream.New(cfg.Conn)
+	return cfg.Conn
+}
+
+func newJetStream(nc *nats.Conn, domain string) (jetstream.JetStream, error) {
+	if domain != "" {
+		return jetstream.NewWithDomain(nc, domain)
+	}
+	return jetstream.New(nc)
 }
 
 // env builds a service's Env. Its DataDir is created private (0700),
 // because services keep checkpoints and keys there.
-func (r *Runner) env(js jetstream.JetStream, name string) (*service.Env, error) {
+func (r *Runner) env(conn *nats.Conn, js jetstream.JetStream, name string) (*service.Env, error) {
 	dir := filepath.Join(r.cfg.DataRoot, name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("runner: data directory of service %s: %w", name, err)
 	}
 	env := &service.Env{
-		Conn:    r.cfg.Conn,
+		Conn:    conn,
 		JS:      js,
 		Log:     r.cfg.Logger.With("service", name),
 		Clock:   r.cfg.Clock,
