@@ -52,13 +52,16 @@ func newSession(s Storage, frameSizeLimit int, initiator bool) (session, error) 
 type Initiator struct {
 	session
 	started bool
+	// reported holds every id already returned as have or need: after a
+	// frame overflow a range can be reconciled twice.
+	reported map[events.FactID]struct{}
 }
 
 // NewInitiator returns an initiator over s. frameSizeLimit bounds every
 // message it sends (0 for no limit, else at least MinFrameSizeLimit).
 func NewInitiator(s Storage, frameSizeLimit int) (*Initiator, error) {
 	ss, err := newSession(s, frameSizeLimit, true)
-	return &Initiator{session: ss}, err
+	return &Initiator{session: ss, reported: map[events.FactID]struct{}{}}, err
 }
 
 // Initiate returns the first message: fingerprints of 16 ranges covering
@@ -89,7 +92,19 @@ func (in *Initiator) Reconcile(reply []byte) (next []byte, have, need []events.F
 	if len(out) == 1 {
 		out = nil
 	}
-	return out, d.have, d.need, nil
+	return out, in.firstReport(d.have), in.firstReport(d.need), nil
+}
+
+// firstReport drops the ids reported in an earlier round.
+func (in *Initiator) firstReport(ids []events.FactID) []events.FactID {
+	fresh := ids[:0]
+	for _, id := range ids {
+		if _, seen := in.reported[id]; !seen {
+			in.reported[id] = struct{}{}
+			fresh = append(fresh, id)
+		}
+	}
+	return fresh
 }
 
 // Responder answers an initiator. It learns nothing itself; the initiator
@@ -236,6 +251,9 @@ func (s *session) reconcile(query []byte, d *diff) ([]byte, error) {
 		if s.exceedsFrame(len(full) + len(o)) {
 			// Out of room: stop here and send one fingerprint for the
 			// rest of the set, which the other side will split again.
+			// This is the reference implementations' rule, kept byte for
+			// byte; it can bring a settled range back into play, which is
+			// why the initiator filters repeated ids.
 			rest := s.fingerprint(upper, size)
 			full = s.appendBound(full, Bound{Item: Item{Timestamp: Infinity}})
 			full = appendVarint(full, ModeFingerprint)

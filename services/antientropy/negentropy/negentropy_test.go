@@ -160,6 +160,7 @@ func reconcileRecorded(t fataler, a, b Storage, frameLimit int) (have, need []ev
 	if err != nil {
 		t.Fatal(err)
 	}
+	reported := map[events.FactID]int{}
 	for msg != nil {
 		sent = append(sent, msg)
 		if frameLimit != 0 && len(msg) > frameLimit {
@@ -179,6 +180,12 @@ func reconcileRecorded(t fataler, a, b Storage, frameLimit int) (have, need []ev
 		msg, h, n, err = in.Reconcile(reply)
 		if err != nil {
 			t.Fatal(err)
+		}
+		for _, x := range append(slices.Clone(h), n...) {
+			if r, dup := reported[x]; dup {
+				t.Fatalf("id %x reported in round %d and again in round %d (message %x)", x[:4], r, len(sent), reply)
+			}
+			reported[x] = len(sent)
 		}
 		have, need = append(have, h...), append(need, n...)
 	}
@@ -221,7 +228,8 @@ func TestReconcileFindsSymmetricDifference(t *testing.T) {
 			})
 		})
 		if !slices.Equal(sortedIDs(have), sortedIDs(onlyA)) {
-			t.Fatalf("have %d ids, want the %d only the initiator holds", len(have), len(onlyA))
+			dups := len(have) - len(slices.Compact(sortedIDs(have)))
+			t.Fatalf("have %d ids (%d repeated), want the %d only the initiator holds", len(have), dups, len(onlyA))
 		}
 		if !slices.Equal(sortedIDs(need), sortedIDs(onlyB)) {
 			t.Fatalf("need %d ids, want the %d only the responder holds", len(need), len(onlyB))
