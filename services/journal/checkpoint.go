@@ -19,7 +19,8 @@ import (
 // A checkpoint is the replica's state at a JOURNAL sequence, in one file:
 //
 //	magic "fsjournal1\n"
-//	u64 seq, i64 stream created (unix nanos), uvarint #authorities,
+//	u64 seq, [32] SHA-256 of the message at seq, i64 stream created
+//	(unix nanos), uvarint #authorities,
 //	per authority (ascending): uvarint len + id, uvarint len + fold encoding
 //	SHA-256 of everything before it
 //
@@ -28,15 +29,17 @@ import (
 // new one, never a torn one; the trailing hash catches any other
 // corruption. seq is the last sequence folded into the state, which came
 // from the stream, so the checkpoint is never ahead of the stream it was
-// taken from. The stream's creation time identifies that stream: a JOURNAL
-// recreated from scratch does not inherit a checkpoint of the old one.
+// taken from. The stream's creation time and the hash of the message at seq
+// identify that stream: a JOURNAL recreated from scratch, or one that lost
+// its tail in a crash of a lazily syncing server and then took other
+// messages, does not inherit the checkpoint.
 const (
 	checkpointMagic = "fsjournal1\n"
 	checkpointFile  = "checkpoint"
 )
 
 type checkpoint struct {
-	seq           uint64
+	tip           tip
 	streamCreated int64
 	folds         map[events.AuthorityID]*fold.State
 }
@@ -47,7 +50,8 @@ func (r *replica) encode(streamCreated int64) (seq uint64, data []byte, err erro
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	b := []byte(checkpointMagic)
-	b = binary.BigEndian.AppendUint64(b, r.seq)
+	b = binary.BigEndian.AppendUint64(b, r.tip.seq)
+	b = append(b, r.tip.hash[:]...)
 	b = binary.BigEndian.AppendUint64(b, uint64(streamCreated))
 	b = binary.AppendUvarint(b, uint64(len(r.folds)))
 	for _, auth := range slices.Sorted(maps.Keys(r.folds)) {
@@ -61,7 +65,7 @@ func (r *replica) encode(streamCreated int64) (seq uint64, data []byte, err erro
 		b = append(b, st...)
 	}
 	sum := sha256.Sum256(b)
-	return r.seq, append(b, sum[:]...), nil
+	return r.tip.seq, append(b, sum[:]...), nil
 }
 
 // writeCheckpoint replaces the checkpoint in dir atomically and durably.
@@ -116,7 +120,8 @@ func decodeCheckpoint(data []byte) (*checkpoint, error) {
 	damaged := func(what string) error {
 		return events.Errorf(events.ReasonMalformed, "journal checkpoint is damaged: %s", what)
 	}
-	if len(data) < len(checkpointMagic)+16+sha256.Size || !bytes.HasPrefix(data, []byte(checkpointMagic)) {
+	const header = 8 + sha256.Size + 8
+	if len(data) < len(checkpointMagic)+header+sha256.Size || !bytes.HasPrefix(data, []byte(checkpointMagic)) {
 		return nil, damaged("too short or not a checkpoint")
 	}
 	body, sum := data[:len(data)-sha256.Size], data[len(data)-sha256.Size:]
@@ -125,11 +130,12 @@ func decodeCheckpoint(data []byte) (*checkpoint, error) {
 	}
 	b := body[len(checkpointMagic):]
 	c := &checkpoint{
-		seq:           binary.BigEndian.Uint64(b),
-		streamCreated: int64(binary.BigEndian.Uint64(b[8:])),
+		tip:           tip{seq: binary.BigEndian.Uint64(b)},
+		streamCreated: int64(binary.BigEndian.Uint64(b[8+sha256.Size:])),
 		folds:         map[events.AuthorityID]*fold.State{},
 	}
-	b = b[16:]
+	copy(c.tip.hash[:], b[8:])
+	b = b[header:]
 	next := func() ([]byte, bool) {
 		n, k := binary.Uvarint(b)
 		if k <= 0 || n > uint64(len(b)-k) {

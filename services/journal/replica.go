@@ -15,7 +15,7 @@ type replica struct {
 	indexed map[string][]string // collection (or "*") -> indexed fields
 
 	mu      sync.RWMutex
-	seq     uint64 // last JOURNAL sequence folded
+	tip     tip // the last JOURNAL message folded
 	folds   map[events.AuthorityID]*fold.State
 	indexes map[events.AuthorityID]map[string]*query.Index
 }
@@ -26,6 +26,14 @@ func newReplica(indexed map[string][]string) *replica {
 		folds:   map[events.AuthorityID]*fold.State{},
 		indexes: map[events.AuthorityID]map[string]*query.Index{},
 	}
+}
+
+// tip is the last JOURNAL message a state reflects: its sequence and the
+// SHA-256 of its data, so a restart can check that the stream still holds
+// that message at that sequence before trusting a checkpoint.
+type tip struct {
+	seq  uint64
+	hash [32]byte
 }
 
 // folded is one fact of a batch, decoded, with where it came from.
@@ -42,9 +50,9 @@ type change struct {
 }
 
 // apply folds a batch in order and returns the visible changes. through
-// is the batch's last JOURNAL sequence, which the state reflects afterwards
+// is the batch's last JOURNAL message, which the state reflects afterwards
 // even when that message was not a fact. Lock: takes mu.
-func (r *replica) apply(batch []folded, through uint64) []change {
+func (r *replica) apply(batch []folded, through tip) []change {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var changes []change
@@ -63,7 +71,9 @@ func (r *replica) apply(batch []folded, through uint64) []change {
 			changes = append(changes, change{authority: auth, change: ch, seq: b.seq})
 		}
 	}
-	r.seq = max(r.seq, through)
+	if through.seq > r.tip.seq {
+		r.tip = through
+	}
 	return changes
 }
 
@@ -88,10 +98,10 @@ func (r *replica) indexFor(auth events.AuthorityID, coll string) *query.Index {
 // restore replaces the state with a checkpoint's and rebuilds the indexes,
 // which are not checkpointed: they are derived and cheap to rebuild.
 // Lock: takes mu.
-func (r *replica) restore(seq uint64, folds map[events.AuthorityID]*fold.State) {
+func (r *replica) restore(at tip, folds map[events.AuthorityID]*fold.State) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.seq, r.folds = seq, folds
+	r.tip, r.folds = at, folds
 	r.indexes = map[events.AuthorityID]map[string]*query.Index{}
 	for auth, st := range folds {
 		for _, coll := range st.Collections() {
@@ -112,12 +122,12 @@ func (r *replica) read(auth events.AuthorityID, coll string, fn func(*fold.State
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	fn(r.folds[auth], r.indexes[auth][coll])
-	return r.seq
+	return r.tip.seq
 }
 
 // position returns the last JOURNAL sequence folded. Lock: takes mu.
 func (r *replica) position() uint64 {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	return r.seq
+	return r.tip.seq
 }

@@ -10,6 +10,7 @@ package journal
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -97,7 +98,7 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 		return fmt.Errorf("journal: read JOURNAL info: %w", err)
 	}
 	r.streamCreated = info.Created.UnixNano()
-	r.resume(info.State.LastSeq)
+	r.resume(ctx, stream)
 
 	cons, err := r.consumer(ctx, stream)
 	if err != nil {
@@ -159,10 +160,10 @@ func stopped(ctx context.Context) error {
 }
 
 // resume loads the checkpoint, unless it is missing, damaged, or belongs
-// to another JOURNAL (recreated, or shorter than the checkpoint claims):
-// then the journal folds the stream from its start, which is always
-// correct, only slower.
-func (r *run) resume(lastSeq uint64) {
+// to another JOURNAL (recreated, or no longer holding the checkpoint's last
+// message): then the journal folds the stream from its start, which is
+// always correct, only slower.
+func (r *run) resume(ctx context.Context, stream jetstream.Stream) {
 	c, err := readCheckpoint(r.env.DataDir)
 	switch {
 	case errors.Is(err, errNoCheckpoint):
@@ -170,14 +171,19 @@ func (r *run) resume(lastSeq uint64) {
 	case err != nil:
 		r.logger().Warn("journal: ignoring checkpoint, folding JOURNAL from the start", "err", err)
 		return
-	case c.streamCreated != r.streamCreated || c.seq > lastSeq:
-		r.logger().Warn("journal: checkpoint is of another JOURNAL, folding from the start",
-			"checkpoint_seq", c.seq, "stream_last_seq", lastSeq)
+	case c.streamCreated != r.streamCreated || !r.streamHolds(ctx, stream, c.tip):
+		r.logger().Warn("journal: checkpoint is of another JOURNAL, folding from the start", "checkpoint_seq", c.tip.seq)
 		return
 	}
-	r.replica.restore(c.seq, c.folds)
-	r.saved = c.seq
-	r.logger().Info("journal: resumed from checkpoint", "seq", c.seq)
+	r.replica.restore(c.tip, c.folds)
+	r.saved = c.tip.seq
+	r.logger().Info("journal: resumed from checkpoint", "seq", c.tip.seq)
+}
+
+// streamHolds reports whether JOURNAL still has the message t names.
+func (r *run) streamHolds(ctx context.Context, stream jetstream.Stream, t tip) bool {
+	m, err := stream.GetMsg(ctx, t.seq)
+	return err == nil && sha256.Sum256(m.Data) == t.hash
 }
 
 // consumer (re)creates the durable consumer to start right after the
@@ -282,13 +288,16 @@ func (r *run) consume(ctx context.Context, cons jetstream.Consumer, caughtUp cha
 // batch ended at the stream's end as the consumer saw it.
 func (r *run) foldBatch(ctx context.Context, batch []jetstream.Msg) (atEnd bool) {
 	facts := make([]folded, 0, len(batch))
-	var through uint64
+	var (
+		through tip
+		last    jetstream.Msg
+	)
 	for _, m := range batch {
 		meta, err := m.Metadata()
 		if err != nil {
 			continue
 		}
-		atEnd, through = meta.NumPending == 0, meta.Sequence.Stream
+		atEnd, through.seq, last = meta.NumPending == 0, meta.Sequence.Stream, m
 		f, err := factOf(m)
 		if err != nil {
 			// The guard wrote something that is not an accepted fact. It
@@ -299,6 +308,9 @@ func (r *run) foldBatch(ctx context.Context, batch []jetstream.Msg) (atEnd bool)
 			continue
 		}
 		facts = append(facts, folded{fact: f, seq: meta.Sequence.Stream})
+	}
+	if last != nil {
+		through.hash = sha256.Sum256(last.Data())
 	}
 	changes := r.replica.apply(facts, through)
 	r.folded.Add(ctx, int64(len(facts)))
