@@ -211,31 +211,21 @@ func TestConsumerMustBeNamedAfterService(t *testing.T) {
 }
 
 func TestAcknowledgedMessagesSurviveRestart(t *testing.T) {
-	dir := t.TempDir()
 	ctx := ctxT(t)
-	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{StoreDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, _ := jetstream.New(nc)
-	if err := bus.Provision(ctx, js, testStream("DURABLE", "durable.>")); err != nil {
+	h := bustest.Start(t, bus.EmbeddedConfig{})
+	if err := bus.Provision(ctx, h.JS, testStream("DURABLE", "durable.>")); err != nil {
 		t.Fatal(err)
 	}
 	const n = 20
 	for i := range n {
-		if _, err := js.Publish(ctx, "durable.x", fmt.Appendf(nil, "fact-%d", i)); err != nil {
+		// Publish returns only once the stream has acknowledged (and,
+		// by default, fsynced) the message.
+		if _, err := h.JS.Publish(ctx, "durable.x", fmt.Appendf(nil, "fact-%d", i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	nc.Close()
-	ns.Shutdown()
-	ns.WaitForShutdown()
 
-	h := bustest.Start(t, bus.EmbeddedConfig{StoreDir: dir})
+	h = h.Restart(t)
 	stream, err := h.JS.Stream(ctx, "DURABLE")
 	if err != nil {
 		t.Fatalf("stream gone after restart: %v", err)

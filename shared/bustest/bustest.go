@@ -5,6 +5,7 @@ package bustest
 
 import (
 	"testing"
+	"time"
 
 	"github.com/factsync/factsync/shared/bus"
 	"github.com/nats-io/nats-server/v2/server"
@@ -19,6 +20,8 @@ type Harness struct {
 	JS     jetstream.JetStream
 	// StoreDir is the server's JetStream directory, for restart tests.
 	StoreDir string
+
+	cfg bus.EmbeddedConfig
 }
 
 // URL is the client URL of the server.
@@ -44,7 +47,31 @@ func Start(t testing.TB, cfg bus.EmbeddedConfig) *Harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Harness{Server: ns, Conn: nc, JS: js, StoreDir: cfg.StoreDir}
+	return &Harness{Server: ns, Conn: nc, JS: js, StoreDir: cfg.StoreDir, cfg: cfg}
+}
+
+// Restart shuts the server down, as a crash-free restart would, and starts
+// a new one on the same store directory and config (a new port when the
+// port was random). Use the returned harness; h's connection is closed.
+func (h *Harness) Restart(t testing.TB) *Harness {
+	t.Helper()
+	h.Conn.Close()
+	h.Server.Shutdown()
+	h.Server.WaitForShutdown()
+	return Start(t, h.cfg)
+}
+
+// Eventually polls cond every few milliseconds until it holds, failing the
+// test with msg if it does not within d. Tests use it instead of sleeping.
+func Eventually(t testing.TB, d time.Duration, cond func() bool, msg string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: "+msg, append([]any{d}, args...)...)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // Connect opens a client connection that is closed when the test ends.
