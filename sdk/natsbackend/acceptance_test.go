@@ -1,0 +1,111 @@
+package natsbackend_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"testing"
+	"time"
+
+	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/sdk"
+	"github.com/factsync/factsync/sdk/natsbackend"
+	"github.com/factsync/factsync/sdk/sdktest"
+	"github.com/factsync/factsync/services/guard"
+	"github.com/factsync/factsync/services/journal"
+	"github.com/factsync/factsync/shared/bus"
+	"github.com/factsync/factsync/shared/bustest"
+	"github.com/factsync/factsync/shared/capability"
+	"github.com/factsync/factsync/shared/runner"
+)
+
+// startStack runs an embedded server with the guard and the journal, as
+// `factsync dev` does, for the duration of the test.
+func startStack(t *testing.T) *bustest.Harness {
+	t.Helper()
+	h := bustest.Start(t, bus.EmbeddedConfig{LazySync: true})
+	peerPub, peerKey, _ := ed25519.GenerateKey(rand.Reader)
+	ctx, cancel := context.WithCancel(context.Background())
+	r, err := runner.Start(ctx, runner.Config{
+		Conn:     h.Conn,
+		DataRoot: t.TempDir(),
+		Peer:     events.PeerIDOf(peerPub),
+		PeerKey:  peerKey,
+	}, guard.New(guard.Config{}), journal.New(journal.Config{}))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := r.Wait(); err != nil {
+			t.Errorf("services: %v", err)
+		}
+	})
+	select {
+	case <-r.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("services not ready: %+v", r.Status())
+	}
+	return h
+}
+
+func TestAcceptance(t *testing.T) {
+	sdktest.TestBackend(t, sdktest.Setup{
+		NewClients: func(t *testing.T, n int, tweak func(*sdk.Config)) []sdk.DataSyncBackend {
+			h := startStack(t)
+			authPub, authKey, _ := ed25519.GenerateKey(rand.Reader)
+			var out []sdk.DataSyncBackend
+			for range n {
+				devicePub, deviceKey, _ := ed25519.GenerateKey(rand.Reader)
+				token, err := capability.Mint(authKey, devicePub, []capability.Right{
+					{Collection: capability.AnyCollection, Op: capability.OpRead},
+					{Collection: capability.AnyCollection, Op: capability.OpWrite},
+				}, time.Now().Add(time.Hour))
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg := sdk.Config{AuthorityKey: authPub, DeviceKey: deviceKey, Token: token, StateDir: t.TempDir()}
+				if tweak != nil {
+					tweak(&cfg)
+				}
+				b := natsbackend.New(natsbackend.Options{Conn: bustest.Connect(t, h.URL())})
+				if err := b.Initialize(t.Context(), cfg); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = b.Shutdown(context.Background()) })
+				out = append(out, b)
+			}
+			return out
+		},
+	})
+}
+
+// A read-only device: the guard refuses its reads of other rights with the
+// guard's reason, and its write never becomes visible, which the write
+// reports instead of hanging.
+func TestGuardRefusalsReachTheCaller(t *testing.T) {
+	h := startStack(t)
+	authPub, authKey, _ := ed25519.GenerateKey(rand.Reader)
+	devicePub, deviceKey, _ := ed25519.GenerateKey(rand.Reader)
+	token, err := capability.Mint(authKey, devicePub, []capability.Right{{Collection: "public", Op: capability.OpRead}}, time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := natsbackend.New(natsbackend.Options{Conn: bustest.Connect(t, h.URL()), VisibleTimeout: time.Second})
+	ctx := t.Context()
+	if err := b.Initialize(ctx, sdk.Config{AuthorityKey: authPub, DeviceKey: deviceKey, Token: token}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Shutdown(context.Background()) })
+
+	if _, err := b.DocumentStore().Get(ctx, "private", "x"); !events.IsReason(err, events.ReasonNoRight) {
+		t.Fatalf("read without the right: %v, want no_right", err)
+	}
+	if _, err := b.DocumentStore().Get(ctx, "public", "x"); !events.IsReason(err, events.ReasonNotFound) {
+		t.Fatalf("read with the right: %v, want not_found", err)
+	}
+	if _, err := b.DocumentStore().Upsert(ctx, "public", "x", map[string]any{"a": 1}); !events.IsReason(err, events.ReasonUnavailable) {
+		t.Fatalf("write without the right: %v, want unavailable after the visibility timeout", err)
+	}
+}
