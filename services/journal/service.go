@@ -117,10 +117,20 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 		}
 	})
 
+	// finish stops folding and saves how far it got, whenever Run ends
+	// after folding started.
+	finish := func() error {
+		<-ctx.Done()
+		wg.Wait()
+		if err := r.checkpoint(); err != nil {
+			return err
+		}
+		return stopped(ctx)
+	}
 	select {
 	case <-caughtUp:
 	case <-ctx.Done():
-		return stopped(ctx)
+		return finish()
 	}
 	// Save what catching up folded, so the next restart need not repeat it.
 	if err := r.checkpoint(); err != nil {
@@ -143,12 +153,7 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 			cancel(err)
 		}
 	})
-	<-ctx.Done()
-	wg.Wait()
-	if err := r.checkpoint(); err != nil {
-		return err
-	}
-	return stopped(ctx)
+	return finish()
 }
 
 // stopped is Run's result once ctx is done: nil for a plain cancellation.
