@@ -28,10 +28,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// headerAuthorityKey carries the authority public key (hex) on requests,
-// so the guard can verify the token against it.
-const headerAuthorityKey = "Fs-Authority-Key"
-
 // Options says how to reach factsync.
 type Options struct {
 	// Conn is an open connection to use; the backend does not close it.
@@ -139,7 +135,7 @@ func (b *Backend) Initialize(ctx context.Context, cfg sdk.Config) error {
 	}
 	b.headers = nats.Header{}
 	b.headers.Set(events.HeaderToken, base64.StdEncoding.EncodeToString(cfg.Token))
-	b.headers.Set(headerAuthorityKey, hex.EncodeToString(cfg.AuthorityKey))
+	b.headers.Set(events.HeaderAuthorityKey, hex.EncodeToString(cfg.AuthorityKey))
 
 	changes, err := subscribeChanges(nc, cfg.Authority(), &b.observers, signer.Observe)
 	if err != nil {

@@ -136,7 +136,7 @@ func TestErrorRepliesBecomeEventsErrors(t *testing.T) {
 	h := bustest.Start(t, bus.EmbeddedConfig{})
 	cfg := newConfig(t)
 	sub, err := h.Conn.Subscribe(events.APISubject(events.JournalProto, events.OpGet, cfg.Authority()), func(m *natsMsg) {
-		if m.Header.Get(events.HeaderToken) == "" || m.Header.Get("Fs-Authority-Key") != hex.EncodeToString(cfg.AuthorityKey) {
+		if m.Header.Get(events.HeaderToken) == "" || m.Header.Get(events.HeaderAuthorityKey) != hex.EncodeToString(cfg.AuthorityKey) {
 			return
 		}
 		reply := newMsg(m.Reply)
