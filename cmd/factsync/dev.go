@@ -4,7 +4,6 @@ import (
 	"crypto/ed25519"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -47,7 +46,7 @@ shell can use the stack at once. Ctrl-C stops it.`,
 				case <-cmd.Context().Done():
 				}
 				printDevBanner(cmd.OutOrStdout(), st, ctxFile, sc)
-				return st.wait()
+				return st.wait(cmd.Context())
 			},
 		}
 		o.addFlags(cmd, "127.0.0.1:8080")
@@ -80,7 +79,7 @@ func writeDevContext(o *serveOptions, st *stack) (string, stackContext, error) {
 	if err != nil {
 		return "", stackContext{}, err
 	}
-	if err := os.WriteFile(tokenFile, token, 0o600); err != nil {
+	if err := writeToken(tokenFile, token); err != nil {
 		return "", stackContext{}, err
 	}
 	sc := stackContext{

@@ -41,17 +41,24 @@ func (embeddedUsers) url(serverURL string, user natsauth.User) string {
 	return u.String()
 }
 
-func loadOrCreateUsers(path string) (embeddedUsers, error) {
+// loadUsers reads a users file; the error wraps os.ErrNotExist when there
+// is none.
+func loadUsers(path string) (embeddedUsers, error) {
 	var u embeddedUsers
 	b, err := os.ReadFile(path)
-	switch {
-	case err == nil:
-		if err := json.Unmarshal(b, &u); err != nil {
-			return u, fmt.Errorf("NATS users file %s is corrupt (delete it to make new passwords): %w", path, err)
-		}
-		return u, nil
-	case !errors.Is(err, os.ErrNotExist):
+	if err != nil {
 		return u, fmt.Errorf("read NATS users file: %w", err)
+	}
+	if err := json.Unmarshal(b, &u); err != nil {
+		return u, fmt.Errorf("NATS users file %s is corrupt (delete it to make new passwords): %w", path, err)
+	}
+	return u, nil
+}
+
+func loadOrCreateUsers(path string) (embeddedUsers, error) {
+	u, err := loadUsers(path)
+	if !errors.Is(err, os.ErrNotExist) {
+		return u, err
 	}
 	for _, p := range []struct {
 		user *natsauth.User
@@ -59,7 +66,7 @@ func loadOrCreateUsers(path string) (embeddedUsers, error) {
 	}{{&u.Guard, natsauth.RoleGuard}, {&u.Services, natsauth.RoleServices}, {&u.Client, natsauth.RoleClient}, {&u.Peer, natsauth.RolePeer}} {
 		*p.user = natsauth.User{Name: string(p.role), Password: randomSecret(), Role: p.role}
 	}
-	b, _ = json.MarshalIndent(u, "", "  ")
+	b, _ := json.MarshalIndent(u, "", "  ")
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return u, err
 	}

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -29,6 +31,9 @@ func run(ctx context.Context, args []string) int {
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return 0
+	}
+	if isCobraUsageError(err) {
+		err = &usageError{msg: err.Error() + " (see --help)"}
 	}
 	g.out(root.OutOrStdout(), root.ErrOrStderr()).fail(err)
 	return exitCode(err)
@@ -73,6 +78,27 @@ var commands []func(*globals) *cobra.Command
 
 func envOr(key, fallback string) string {
 	if v, ok := os.LookupEnv(key); ok && v != "" {
+		return v
+	}
+	return fallback
+}
+
+// isCobraUsageError recognises cobra's own errors about the command line
+// (unknown commands and flags, wrong argument counts). Cobra returns them
+// as plain errors, so their stable message prefixes are all there is.
+func isCobraUsageError(err error) bool {
+	msg := err.Error()
+	for _, prefix := range []string{"unknown command", "unknown flag", "unknown shorthand flag", "flag needs an argument",
+		"invalid argument", "accepts ", "requires at least", "requires at most", "required flag", "bad flag syntax"} {
+		if strings.HasPrefix(msg, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+func envIntOr(key string, fallback int) int {
+	if v, err := strconv.Atoi(os.Getenv(key)); err == nil {
 		return v
 	}
 	return fallback

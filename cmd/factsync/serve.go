@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,6 +18,7 @@ import (
 	"github.com/factsync/factsync/events"
 	"github.com/factsync/factsync/shared/bus"
 	"github.com/factsync/factsync/shared/keys"
+	"github.com/factsync/factsync/shared/natsauth"
 	"github.com/factsync/factsync/shared/runner"
 	"github.com/factsync/factsync/shared/service"
 	"github.com/factsync/factsync/shared/telemetry"
@@ -61,6 +65,35 @@ type serveOptions struct {
 	otlp     string
 	natsOnly bool
 	logLevel string
+	replicas int
+
+	natsUser, natsPassword, natsUsers string
+}
+
+// usersFile is where the embedded server keeps its role users.
+func (o *serveOptions) usersFile() string {
+	if o.natsUsers != "" {
+		return o.natsUsers
+	}
+	return filepath.Join(o.data, "nats-users.json")
+}
+
+// connectOptions picks the NATS identity of a connection: the role's user
+// from the users file when there is one, else --nats-user/--nats-password,
+// else --creds or --nkey.
+func (o *serveOptions) connectOptions(name string, users *embeddedUsers, role natsauth.Role, log *slog.Logger) bus.ConnectOptions {
+	co := bus.ConnectOptions{Name: name, CredsFile: o.creds, NKeySeedFile: o.nkey, Logger: log}
+	switch {
+	case users != nil:
+		u := users.Services
+		if role == natsauth.RoleGuard {
+			u = users.Guard
+		}
+		co.Extra = []nats.Option{nats.UserInfo(u.Name, u.Password)}
+	case o.natsUser != "":
+		co.Extra = []nats.Option{nats.UserInfo(o.natsUser, o.natsPassword)}
+	}
+	return co
 }
 
 func (o *serveOptions) addFlags(cmd *cobra.Command, defaultHTTP string) {
@@ -74,6 +107,10 @@ func (o *serveOptions) addFlags(cmd *cobra.Command, defaultHTTP string) {
 	f.StringVar(&o.natsHost, "nats-host", "127.0.0.1", "listen address of the embedded NATS server")
 	f.StringVar(&o.domain, "domain", envOr("FACTSYNC_DOMAIN", ""), "JetStream domain of this peer")
 	f.StringVar(&o.otlp, "otlp", envOr("FACTSYNC_OTLP", ""), "OTLP gRPC endpoint for traces, e.g. localhost:4317 (default: OTEL_EXPORTER_OTLP_ENDPOINT)")
+	f.StringVar(&o.natsUser, "nats-user", envOr("FACTSYNC_NATS_USER", ""), "NATS user name for --nats (env FACTSYNC_NATS_USER)")
+	f.StringVar(&o.natsPassword, "nats-password", envOr("FACTSYNC_NATS_PASSWORD", ""), "NATS password for --nats (env FACTSYNC_NATS_PASSWORD)")
+	f.StringVar(&o.natsUsers, "nats-users", envOr("FACTSYNC_NATS_USERS", ""), "role users file of an embedded server (default DATA/nats-users.json)")
+	f.IntVar(&o.replicas, "replicas", envIntOr("FACTSYNC_REPLICAS", 1), "replicas of the streams the services create (3 on a JetStream cluster) (env FACTSYNC_REPLICAS)")
 	f.StringVar(&o.logLevel, "log-level", envOr("FACTSYNC_LOG_LEVEL", "info"), "debug, info, warn or error")
 }
 
@@ -100,9 +137,13 @@ Services: ` + strings.Join(serviceNames(), ", "),
 				if err != nil {
 					return err
 				}
+				what := strings.Join(st.services, ", ")
+				if o.natsOnly {
+					what = "the embedded NATS server only"
+				}
 				fmt.Fprintf(cmd.ErrOrStderr(), "factsync: serving %s (NATS %s, status http://%s/readyz)\n",
-					strings.Join(st.services, ", "), st.clientURL, st.httpAddr())
-				return st.wait()
+					what, redactURL(st.clientURL), st.httpAddr())
+				return st.wait(cmd.Context())
 			},
 		}
 		o.addFlags(cmd, "127.0.0.1:8080")
@@ -114,20 +155,22 @@ Services: ` + strings.Join(serviceNames(), ", "),
 // stack is a running set of services, and the embedded server when there
 // is one.
 type stack struct {
-	services  []string
-	clientURL string // for clients of the embedded server, with the client user's credentials
-	opsURL    string // for inspecting streams with the nats CLI (the services user)
-	embedded  *server.Server
-	conns     []*nats.Conn
-	runner    *runner.Runner
-	telemetry *telemetry.Telemetry
-	peer      events.PeerID
-	log       *slog.Logger
+	services   []string
+	clientURL  string // for clients of the embedded server, with the client user's credentials
+	opsURL     string // for inspecting streams with the nats CLI (the services user)
+	embedded   *server.Server
+	conns      []*nats.Conn
+	status     *http.Server // --nats-only
+	statusAddr string
+	runner     *runner.Runner
+	telemetry  *telemetry.Telemetry
+	peer       events.PeerID
+	log        *slog.Logger
 }
 
 func (s *stack) httpAddr() string {
 	if s.runner == nil {
-		return ""
+		return s.statusAddr
 	}
 	return s.runner.Addr()
 }
@@ -173,60 +216,69 @@ func startStack(ctx context.Context, o *serveOptions, names []string) (_ *stack,
 	}
 	st.peer = events.PeerIDOf(peerKey.Public().(ed25519.PublicKey))
 
-	// Against an external NATS one identity (--creds or --nkey) serves
-	// every named service; deployments run the guard under the guard's
-	// user and the others under the services user. The embedded server
-	// gets one connection per role so the same boundary holds in one
-	// process.
 	url := o.natsURL
-	connect := func(name string, extra ...nats.Option) (*nats.Conn, error) {
-		nc, err := bus.Connect(ctx, url, bus.ConnectOptions{Name: name, CredsFile: o.creds, NKeySeedFile: o.nkey, Logger: log, Extra: extra})
-		if err != nil {
-			return nil, events.Wrap(events.ReasonUnavailable, err, "connect to NATS at "+redactURL(url))
-		}
-		st.conns = append(st.conns, nc)
-		return nc, nil
-	}
-	var guardConn *nats.Conn
-	var servicesAuth []nats.Option
+	var users *embeddedUsers
 	if url == "" {
-		users, err := loadOrCreateUsers(filepath.Join(o.data, "nats-users.json"))
+		u, err := loadOrCreateUsers(o.usersFile())
 		if err != nil {
 			return nil, err
 		}
-		if st.embedded, err = startEmbedded(o, users); err != nil {
+		users = &u
+		if st.embedded, err = startEmbedded(o, u); err != nil {
 			return nil, err
 		}
 		url = st.embedded.ClientURL()
-		st.clientURL = users.url(url, users.Client)
-		st.opsURL = users.url(url, users.Services)
-		servicesAuth = []nats.Option{nats.UserInfo(users.Services.Name, users.Services.Password)}
-		if slices.Contains(names, "guard") {
-			if guardConn, err = connect("factsync-guard", nats.UserInfo(users.Guard.Name, users.Guard.Password)); err != nil {
-				return nil, err
-			}
+		st.clientURL = u.url(url, u.Client)
+		st.opsURL = u.url(url, u.Services)
+		if o.natsOnly {
+			return st, st.serveNATSStatus(o.httpAddr)
 		}
 	} else {
 		st.clientURL = url
+		if u, err := loadUsers(o.usersFile()); err == nil {
+			// A service started beside an embedded server (Tilt's local
+			// mode) finds the role passwords in the shared data directory.
+			users = &u
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
 	}
-	if o.natsOnly {
-		return st, nil
-	}
-	conn, err := connect("factsync-"+strings.Join(names, "-"), servicesAuth...)
-	if err != nil {
-		return nil, err
-	}
+
+	// The guard runs as the guard's NATS user, the other services as the
+	// services user, so the server enforces that only the guard writes
+	// the accepted streams, in one process as across many.
 	connFor := map[string]*nats.Conn{}
-	if guardConn != nil {
-		connFor["guard"] = guardConn
+	var shared *nats.Conn
+	for _, svc := range built {
+		role := natsauth.RoleServices
+		if svc.Name() == "guard" {
+			role = natsauth.RoleGuard
+		}
+		if role == natsauth.RoleServices && shared != nil {
+			continue
+		}
+		nc, err := bus.Connect(ctx, url, o.connectOptions("factsync-"+svc.Name(), users, role, log))
+		if err != nil {
+			return nil, err
+		}
+		st.conns = append(st.conns, nc)
+		if role == natsauth.RoleGuard {
+			connFor[svc.Name()] = nc
+		} else {
+			shared = nc
+		}
+	}
+	if shared == nil { // only the guard runs
+		shared = connFor["guard"]
 	}
 	st.telemetry, err = telemetry.Setup(ctx, telemetry.Config{ServiceName: "factsync", OTLPEndpoint: o.otlp})
 	if err != nil {
 		return nil, err
 	}
 	st.runner, err = runner.Start(ctx, runner.Config{
-		Conn:            conn,
+		Conn:            shared,
 		ServiceConns:    connFor,
+		StreamReplicas:  o.replicas,
 		JetStreamDomain: o.domain,
 		DataRoot:        filepath.Join(o.data, "services"),
 		Peer:            st.peer,
@@ -243,30 +295,23 @@ func startStack(ctx context.Context, o *serveOptions, names []string) (_ *stack,
 
 // wait blocks until the services stop (on Ctrl-C or a failure), then
 // stops the embedded server.
-func (s *stack) wait() error {
+func (s *stack) wait(ctx context.Context) error {
 	var err error
 	if s.runner != nil {
 		err = s.runner.Wait()
-	} else if s.embedded != nil {
-		// --nats-only: run until interrupted.
-		<-s.stopped()
+	} else {
+		<-ctx.Done() // --nats-only: run until interrupted
 	}
 	s.close()
 	return err
 }
 
-func (s *stack) stopped() <-chan struct{} {
-	ch := make(chan struct{})
-	go func() {
-		s.embedded.WaitForShutdown()
-		close(ch)
-	}()
-	return ch
-}
-
 func (s *stack) close() {
 	for _, nc := range s.conns {
 		_ = nc.Drain()
+	}
+	if s.status != nil {
+		_ = s.status.Close()
 	}
 	if s.telemetry != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -277,6 +322,32 @@ func (s *stack) close() {
 		s.embedded.Shutdown()
 		s.embedded.WaitForShutdown()
 	}
+}
+
+// serveNATSStatus serves /healthz and /readyz for `serve --nats-only`, so
+// Tilt and probes can wait for the embedded server like for a service.
+func (s *stack) serveNATSStatus(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("status listener on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	ok := func(w http.ResponseWriter, _ *http.Request) {
+		if !s.embedded.Running() || !s.embedded.JetStreamEnabled() {
+			http.Error(w, "nats not ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	}
+	mux.HandleFunc("/healthz", ok)
+	mux.HandleFunc("/readyz", ok)
+	s.status = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	s.statusAddr = ln.Addr().String()
+	go func() { _ = s.status.Serve(ln) }()
+	return nil
 }
 
 func newLogger(level string) (*slog.Logger, error) {

@@ -40,6 +40,9 @@ type Config struct {
 	// runs as its own NATS user (the guard is the only user that may write
 	// the accepted streams). Services not listed use Conn.
 	ServiceConns map[string]*nats.Conn
+	// StreamReplicas, when above 1, sets the replicas of every stream the
+	// services provision (3 on a JetStream cluster).
+	StreamReplicas int
 	// JetStreamDomain selects the peer's JetStream domain; empty for the
 	// local one.
 	JetStreamDomain string
@@ -128,7 +131,13 @@ func Start(ctx context.Context, cfg Config, services ...service.Service) (*Runne
 		}
 		// Each service provisions what it owns under its own NATS user:
 		// only the guard's user may change the guarded streams.
-		if err := bus.Provision(ctx, js, svc.Streams()...); err != nil {
+		streams := svc.Streams()
+		for i := range streams {
+			if cfg.StreamReplicas > 1 {
+				streams[i].Replicas = cfg.StreamReplicas
+			}
+		}
+		if err := bus.Provision(ctx, js, streams...); err != nil {
 			return nil, fmt.Errorf("runner: streams of service %s: %w", name, err)
 		}
 		r.names = append(r.names, name)
