@@ -56,8 +56,8 @@ func startPeers(t *testing.T, h *bustest.Harness, clk clock.Clock, root events.O
 		case <-ready:
 		case err := <-done:
 			t.Fatalf("ota service stopped before it was ready: %v", err)
-		case <-time.After(10 * time.Second):
-			t.Fatal("ota service not ready within 10s")
+		case <-time.After(patience):
+			t.Fatal("ota service not ready in time")
 		}
 		sites = append(sites, site)
 	}
@@ -72,17 +72,21 @@ func startPeers(t *testing.T, h *bustest.Harness, clk clock.Clock, root events.O
 	return sites
 }
 
-// eventually polls cond until it holds or 10 s pass.
+// patience bounds every wait for the services: generous, because CI runs
+// packages side by side with -race on 2 cores.
+const patience = 30 * time.Second
+
+// eventually polls cond until it holds or patience runs out.
 func eventually(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(patience)
 	for {
 		ok, state := cond()
 		if ok {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached within 10s; last seen: %s", what, state)
+			t.Fatalf("%s: not reached within %s; last seen: %s", what, patience, state)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
