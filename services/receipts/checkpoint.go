@@ -122,8 +122,8 @@ func (l *Log) SignCheckpoint(key ed25519.PrivateKey) ([]byte, error) {
 	if last != nil && last.Origin != Origin(peer) {
 		return nil, fmt.Errorf("receipts: this log was signed as %q but the peer key is now %q's: refusing to sign it under another origin (wrong data directory or key?)", last.Origin, Origin(peer))
 	}
-	if last != nil && last.Size == size {
-		return nil, nil
+	if size == 0 || last != nil && last.Size == size {
+		return nil, nil // nothing to vouch for, or nothing new
 	}
 	if err := l.checkExtends(last, size, root); err != nil {
 		return nil, err
@@ -162,8 +162,8 @@ func (l *Log) LastCheckpoint() *SignedCheckpoint {
 // checkExtends proves with a consistency proof over the stored hashes that
 // the tree of size and root extends the checkpoint last.
 func (l *Log) checkExtends(last *SignedCheckpoint, size int64, root tlog.Hash) error {
-	if last == nil {
-		return nil
+	if last == nil || last.Size == 0 {
+		return nil // every tree extends the empty one
 	}
 	if last.Size > size {
 		return fmt.Errorf("receipts: the log has %d leaves but a checkpoint of size %d was signed before: the log lost entries and signing on would fork it", size, last.Size)

@@ -379,6 +379,9 @@ func (l *Log) ProveConsistency(oldSize, newSize int64) (tlog.TreeProof, error) {
 	if committed, _ := l.Size(); oldSize < 0 || oldSize > newSize || newSize > committed {
 		return nil, events.Errorf(events.ReasonNotFound, "no consistency proof from size %d to size %d: the log has %d leaves", oldSize, newSize, committed)
 	}
+	if oldSize == 0 {
+		return tlog.TreeProof{}, nil // the empty tree is a prefix of every tree
+	}
 	return tlog.ProveTree(newSize, oldSize, l.reader(newSize, nil))
 }
 

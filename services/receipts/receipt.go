@@ -212,6 +212,12 @@ func checkConsistent(o, n Checkpoint, proof tlog.TreeProof) error {
 	case o.Size == n.Size && o.Root != n.Root:
 		return events.Errorf(events.ReasonBadProof, "both checkpoints have %d leaves but different roots (%s, %s): the peer signed two histories", o.Size, o.Root, n.Root)
 	}
+	if o.Size == 0 {
+		if empty, _ := tlog.TreeHash(0, nil); o.Root != empty || len(proof) != 0 {
+			return events.Errorf(events.ReasonBadProof, "the older checkpoint is of the empty tree but has root %s, or the proof is not empty", o.Root)
+		}
+		return nil
+	}
 	if err := tlog.CheckTree(proof, n.Size, n.Root, o.Size, o.Root); err != nil {
 		return events.Errorf(events.ReasonBadProof, "the consistency proof does not show the tree of %d leaves (root %s) is a prefix of the tree of %d leaves (root %s)", o.Size, o.Root, n.Size, n.Root)
 	}
