@@ -122,9 +122,16 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	}
 
 	// Any write to the OTA stream, by this replica or another, nudges
-	// the loop to catch up at once rather than at the next tick.
+	// the loop to catch up at once rather than at the next tick. The
+	// nudge comes from a stream consumer, not a core subscription: a
+	// core subscriber can hear a message before the stream has stored
+	// it, and would then catch up to just short of it.
 	nudge := make(chan struct{}, 1)
-	watch, err := env.Conn.Subscribe(events.OTAPrefix+".>", func(*nats.Msg) {
+	watcher, err := env.JS.OrderedConsumer(ctx, events.StreamOTA, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverNewPolicy})
+	if err != nil {
+		return events.Wrap(events.ReasonUnavailable, err, "watch the OTA stream")
+	}
+	watch, err := watcher.Consume(func(jetstream.Msg) {
 		select {
 		case nudge <- struct{}{}:
 		default:
@@ -133,7 +140,7 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	if err != nil {
 		return events.Wrap(events.ReasonUnavailable, err, "watch the OTA stream")
 	}
-	defer watch.Unsubscribe()
+	defer watch.Stop()
 	requests, err := env.Conn.QueueSubscribe(events.ServiceSubject(Name, "*", s.cfg.Authority), Name, func(m *nats.Msg) {
 		s.serve(ctx, m)
 	})
