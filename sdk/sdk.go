@@ -99,10 +99,10 @@ type WriteResult struct {
 
 // Page is one page of query results.
 type Page struct {
-	Documents []Document
+	Documents []Document `json:"documents"`
 	// NextCursor fetches the next page when passed as Query.Cursor; empty
 	// on the last page.
-	NextCursor string
+	NextCursor string `json:"next_cursor,omitempty"`
 }
 
 // PeerDiscovery finds the peers this backend can sync with.

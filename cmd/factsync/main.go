@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strconv"
@@ -25,9 +26,16 @@ func main() {
 // run executes the command line and returns the process exit code, so
 // tests can drive the CLI in-process.
 func run(ctx context.Context, args []string) int {
+	return execute(ctx, args, os.Stdout, os.Stderr)
+}
+
+// execute runs the command line with the given output streams.
+func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	g := &globals{}
 	root := newRootCommand(g)
 	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return 0

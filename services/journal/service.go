@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/shared/bus"
 	"github.com/factsync/factsync/shared/service"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/metric"
@@ -89,9 +90,12 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	if err := r.instrument(); err != nil {
 		return err
 	}
-	stream, err := env.JS.Stream(ctx, events.StreamJournal)
+	stream, err := bus.WaitForStream(ctx, env.JS, events.StreamJournal, env.Clock, env.Log)
 	if err != nil {
-		return fmt.Errorf("journal: open JOURNAL: %w", err)
+		if ctx.Err() != nil {
+			return nil // stopped before the guard created JOURNAL
+		}
+		return fmt.Errorf("journal: %w", err)
 	}
 	info, err := stream.Info(ctx)
 	if err != nil {
