@@ -6,7 +6,6 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -402,12 +401,39 @@ func TestRedeliveredFactIsHarmless(t *testing.T) {
 	}
 }
 
-func TestRunFailsWithoutJournalStream(t *testing.T) {
+// Run alone (its own process), the journal may start before the guard has
+// created JOURNAL: it waits for the stream instead of failing.
+func TestRunWaitsForJournalStream(t *testing.T) {
 	h := bustest.Start(t, bus.EmbeddedConfig{})
-	env := &service.Env{Conn: h.Conn, JS: h.JS, Clock: clock.Real{}, DataDir: t.TempDir()}
-	err := journal.New(journal.Config{}).Run(context.Background(), env)
-	if err == nil || !errors.Is(err, jetstream.ErrStreamNotFound) {
-		t.Fatalf("Run without JOURNAL: %v", err)
+	clk := clock.NewFake(time.Unix(1_800_000_000, 0))
+	ready := make(chan struct{})
+	env := &service.Env{Conn: h.Conn, JS: h.JS, Clock: clk, DataDir: t.TempDir(), Ready: func() { close(ready) }}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- journal.New(journal.Config{}).Run(ctx, env) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	eventually(t, "the journal waits on the clock for JOURNAL", func() bool { return clk.Waiters() > 0 })
+	select {
+	case <-ready:
+		t.Fatal("journal became ready without JOURNAL")
+	default:
+	}
+	if _, err := h.JS.CreateStream(ctx, events.JournalStream()); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(time.Second)
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("Run returned before ready: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("journal not ready 30s after JOURNAL was created")
 	}
 }
 

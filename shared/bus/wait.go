@@ -27,7 +27,7 @@ func WaitForStream(ctx context.Context, js jetstream.JetStream, name string, clk
 			return s, nil
 		case !errors.Is(err, jetstream.ErrStreamNotFound):
 			return nil, fmt.Errorf("open stream %s: %w", name, err)
-		case !logged:
+		case !logged && log != nil:
 			log.Info("waiting for stream to be created by its owner", "stream", name)
 			logged = true
 		}

@@ -101,6 +101,20 @@ func (t *fakeTicker) Stop() {
 	t.w.closed = true
 }
 
+// Waiters returns how many timers and tickers are pending, so a test can
+// wait until the code under test is blocked on the clock before advancing.
+func (f *Fake) Waiters() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, w := range f.waiters {
+		if !w.closed {
+			n++
+		}
+	}
+	return n
+}
+
 // Advance moves the fake time forward by d, firing every timer that falls
 // due, in time order.
 func (f *Fake) Advance(d time.Duration) {
