@@ -34,6 +34,8 @@ const (
 	ReasonUnsupported     Reason = "unsupported"      // the server or backend does not provide this operation
 	ReasonRollback        Reason = "rollback"         // a version not above the one already trusted or in force
 	ReasonExpired         Reason = "expired"          // signed metadata past its expiry, or a step past its deadline
+	ReasonTampered        Reason = "tampered"         // content does not match the hash or state its signed manifest names
+	ReasonBelowThreshold  Reason = "below_threshold"  // fewer distinct valid approvals than the threshold
 )
 
 // Error is an error with a stable reason code and a human sentence.
