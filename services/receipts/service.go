@@ -81,6 +81,8 @@ type Service struct {
 	beforeCommit func() error
 }
 
+var _ service.Service = (*Service)(nil)
+
 // New returns the receipts service.
 func New(cfg Config) *Service { return &Service{cfg: cfg.withDefaults()} }
 
@@ -242,7 +244,10 @@ func (r *run) consume(ctx context.Context, cons jetstream.Consumer) error {
 			return nil
 		case m, ok := <-msgs:
 			if !ok {
-				return ctx.Err()
+				if ctx.Err() != nil {
+					return nil
+				}
+				return errors.New("receipts: the JOURNAL consumer stopped delivering")
 			}
 			batch = append(batch, m)
 		}
