@@ -6,7 +6,7 @@ import (
 )
 
 func TestReconcileSmall(t *testing.T) {
-	report, err := Reconcile(context.Background(), Options{N: 20_000, Ds: []int{0, 1, 100, 1000}, Seed: 1})
+	report, err := Reconcile(context.Background(), Options{N: 5_000, Ds: []int{0, 1, 100, 1000}, Seed: 1, SketchSize: 4096})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -19,7 +19,7 @@ func TestReconcileSmall(t *testing.T) {
 				t.Errorf("d=%d %s did not learn exactly the difference: %+v", r.D, name, p)
 			}
 		}
-		if r.NaiveBytes < 20_000*32 {
+		if r.NaiveBytes < 5_000*32 {
 			t.Errorf("d=%d naive bytes %d, below n*32", r.D, r.NaiveBytes)
 		}
 	}

@@ -276,7 +276,7 @@ func TestResponderRejectsGarbage(t *testing.T) {
 func TestReconcileLargeUnderFrameLimit(t *testing.T) {
 	var a, b Index
 	var onlyA, onlyB []events.FactID
-	for i := range 30_000 {
+	for i := range 12_000 {
 		it := Item{Timestamp: 1_700_000_000 + uint64(i/7), ID: id(uint64(i))}
 		switch {
 		case i%97 == 0:

@@ -6,8 +6,8 @@ import (
 	"github.com/factsync/factsync/events"
 )
 
-// DefaultSketchSize is enough symbols for differences of about 24,000 ids,
-// in 1.5 MB. Larger differences are left to negentropy.
+// DefaultSketchSize is enough symbols for differences of about 22,000 ids,
+// in 1.2 MB. Larger differences are left to negentropy.
 const DefaultSketchSize = 1 << 15
 
 // Sketch is the first Size coded symbols of a set, kept up to date as ids
