@@ -2,11 +2,15 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"time"
 
 	"github.com/factsync/factsync/events"
 	"github.com/factsync/factsync/shared/bus"
+	"github.com/factsync/factsync/shared/keys"
 	"github.com/nats-io/nats.go"
 )
 
@@ -45,4 +49,61 @@ func request(ctx context.Context, nc *nats.Conn, subject string, body []byte, he
 		return nil, events.Errorf(events.Reason(reply.Header.Get(events.HeaderReason)), "%s", reply.Data)
 	}
 	return reply.Data, nil
+}
+
+// apiClient makes guard-fronted API requests as the context's device.
+type apiClient struct {
+	nc        *nats.Conn
+	authority events.AuthorityID
+	header    nats.Header
+}
+
+// openAPI connects to the stack the context names and prepares the token
+// and authority headers every API request carries.
+func openAPI(ctx context.Context, g *globals) (*apiClient, stackContext, error) {
+	sc, err := readContext(g.contextFile)
+	if err != nil {
+		return nil, sc, err
+	}
+	auth, err := keys.LoadPublic(sc.AuthorityKey, keys.Authority)
+	if err != nil {
+		return nil, sc, events.Wrap(events.ReasonMalformed, err, "authority key named by the context")
+	}
+	token, err := readToken(sc.Token)
+	if err != nil {
+		return nil, sc, err
+	}
+	nc, err := connectClient(ctx, sc)
+	if err != nil {
+		return nil, sc, err
+	}
+	h := nats.Header{}
+	h.Set(events.HeaderToken, base64.StdEncoding.EncodeToString(token))
+	h.Set(events.HeaderAuthorityKey, hex.EncodeToString(auth))
+	return &apiClient{nc: nc, authority: events.AuthorityIDOf(auth), header: h}, sc, nil
+}
+
+func (c *apiClient) Close() { c.nc.Close() }
+
+// call sends req as JSON to fs.api.<proto>.<op>.<authority> and decodes
+// the reply into reply (when not nil). It returns the raw reply too.
+func (c *apiClient) call(ctx context.Context, proto, op string, req, reply any) ([]byte, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	h := nats.Header{}
+	for k, v := range c.header {
+		h[k] = v
+	}
+	raw, err := request(ctx, c.nc, events.APISubject(proto, op, c.authority), body, h)
+	if err != nil {
+		return nil, err
+	}
+	if reply != nil {
+		if err := json.Unmarshal(raw, reply); err != nil {
+			return raw, events.Wrap(events.ReasonMalformed, err, "decode the "+proto+" "+op+" reply")
+		}
+	}
+	return raw, nil
 }

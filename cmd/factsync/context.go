@@ -17,9 +17,12 @@ type stackContext struct {
 	NATSURL string `json:"nats_url"`
 	// NATSOpsURL is for operators' tools such as `go tool nats`: it may
 	// read streams, which the client user may not.
-	NATSOpsURL   string             `json:"nats_ops_url,omitempty"`
-	HTTPURL      string             `json:"http_url"`
-	Peer         events.PeerID      `json:"peer"`
+	NATSOpsURL string        `json:"nats_ops_url,omitempty"`
+	HTTPURL    string        `json:"http_url"`
+	Peer       events.PeerID `json:"peer"`
+	// PeerKey is the peer's public key, hex: what `receipt verify
+	// --peer-key` checks signatures against.
+	PeerKey      string             `json:"peer_public_key"`
 	Authority    events.AuthorityID `json:"authority"`
 	AuthorityKey string             `json:"authority_key_file"`
 	DeviceKey    string             `json:"device_key_file"`

@@ -2,8 +2,10 @@ package main
 
 import (
 	"crypto/ed25519"
+	"encoding/hex"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -32,6 +34,9 @@ shell can use the stack at once. Ctrl-C stops it.`,
 			Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
 				o.natsURL = ""
+				if err := prepareDevRelease(o); err != nil {
+					return err
+				}
 				st, err := startStack(cmd.Context(), o, nil)
 				if err != nil {
 					return err
@@ -52,6 +57,31 @@ shell can use the stack at once. Ctrl-C stops it.`,
 		o.addFlags(cmd, "127.0.0.1:8080")
 		return cmd
 	})
+}
+
+// prepareDevRelease gives the dev stack a release policy, so the ota
+// service runs: the demo authority releases, three approver keys with a
+// threshold of two, and this peer as the one peer whose readiness counts.
+func prepareDevRelease(o *serveOptions) error {
+	if _, err := os.Stat(o.releaseFile()); err == nil {
+		return nil
+	}
+	authority, _, err := keys.LoadOrGenerate(filepath.Join(o.data, "authority.key"), keys.Authority)
+	if err != nil {
+		return err
+	}
+	peer, _, err := keys.LoadOrGenerate(filepath.Join(o.data, "peer.key"), keys.Peer)
+	if err != nil {
+		return err
+	}
+	_, err = makeRelease(releaseSpec{
+		authority: events.AuthorityIDOf(authority.Public().(ed25519.PublicKey)),
+		dir:       filepath.Dir(o.releaseFile()),
+		approvers: 3, threshold: 2,
+		peers: []ed25519.PublicKey{peer.Public().(ed25519.PublicKey)}, quorum: 1,
+		expires: 365 * 24 * time.Hour, minNotice: 10 * time.Second,
+	})
+	return err
 }
 
 // writeDevContext makes (or reuses) the demo authority and device keys in
@@ -87,6 +117,7 @@ func writeDevContext(o *serveOptions, st *stack) (string, stackContext, error) {
 		NATSOpsURL:   st.opsURL,
 		HTTPURL:      "http://" + st.httpAddr(),
 		Peer:         st.peer,
+		PeerKey:      hex.EncodeToString(st.peerKey),
 		Authority:    events.AuthorityIDOf(authority.Public().(ed25519.PublicKey)),
 		AuthorityKey: authKeyFile,
 		DeviceKey:    devKeyFile,

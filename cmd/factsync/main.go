@@ -119,3 +119,12 @@ func usageErrorf(format string, args ...any) error {
 type usageError struct{ msg string }
 
 func (e *usageError) Error() string { return e.msg }
+
+// tempDir makes a temporary directory and returns its removal.
+func tempDir(prefix string) (string, func(), error) {
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", nil, err
+	}
+	return dir, func() { _ = os.RemoveAll(dir) }, nil
+}

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -68,6 +67,8 @@ type serveOptions struct {
 	replicas int
 
 	natsUser, natsPassword, natsUsers string
+
+	ota otaFlags
 }
 
 // usersFile is where the embedded server keeps its role users.
@@ -111,6 +112,7 @@ func (o *serveOptions) addFlags(cmd *cobra.Command, defaultHTTP string) {
 	f.StringVar(&o.natsPassword, "nats-password", envOr("FACTSYNC_NATS_PASSWORD", ""), "NATS password for --nats (env FACTSYNC_NATS_PASSWORD)")
 	f.StringVar(&o.natsUsers, "nats-users", envOr("FACTSYNC_NATS_USERS", ""), "role users file of an embedded server (default DATA/nats-users.json)")
 	f.IntVar(&o.replicas, "replicas", envIntOr("FACTSYNC_REPLICAS", 1), "replicas of the streams the services create (3 on a JetStream cluster) (env FACTSYNC_REPLICAS)")
+	o.ota.add(f)
 	f.StringVar(&o.logLevel, "log-level", envOr("FACTSYNC_LOG_LEVEL", "info"), "debug, info, warn or error")
 }
 
@@ -165,6 +167,7 @@ type stack struct {
 	runner     *runner.Runner
 	telemetry  *telemetry.Telemetry
 	peer       events.PeerID
+	peerKey    ed25519.PublicKey
 	log        *slog.Logger
 }
 
@@ -178,19 +181,28 @@ func (s *stack) httpAddr() string {
 // startStack starts the embedded server (unless --nats is given) and the
 // named services (all when none are named).
 func startStack(ctx context.Context, o *serveOptions, names []string) (_ *stack, err error) {
-	if len(names) == 0 && !o.natsOnly {
+	all := len(names) == 0 && !o.natsOnly
+	if all {
 		names = serviceNames()
 	}
 	built := make([]service.Service, 0, len(names))
+	seen := map[string]bool{}
 	for _, n := range names {
 		build, ok := registry[n]
 		if !ok {
 			return nil, usageErrorf("unknown service %q; services are %s", n, strings.Join(serviceNames(), ", "))
 		}
-		if slices.Contains(names[:len(built)], n) {
+		if seen[n] {
 			return nil, usageErrorf("service %q named twice", n)
 		}
+		seen[n] = true
 		svc, err := build(o)
+		if errors.Is(err, errOTANotConfigured) && all {
+			// Running everything does not require a release policy; the
+			// ota service runs once one is configured.
+			fmt.Fprintf(os.Stderr, "factsync: not running ota: %v\n", err)
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("configure service %s: %w", n, err)
 		}
@@ -203,7 +215,10 @@ func startStack(ctx context.Context, o *serveOptions, names []string) (_ *stack,
 	if err := os.MkdirAll(o.data, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
-	st := &stack{services: names, log: log}
+	st := &stack{log: log}
+	for _, svc := range built {
+		st.services = append(st.services, svc.Name())
+	}
 	defer func() {
 		if err != nil {
 			st.close()
@@ -214,7 +229,8 @@ func startStack(ctx context.Context, o *serveOptions, names []string) (_ *stack,
 	if err != nil {
 		return nil, err
 	}
-	st.peer = events.PeerIDOf(peerKey.Public().(ed25519.PublicKey))
+	st.peerKey = peerKey.Public().(ed25519.PublicKey)
+	st.peer = events.PeerIDOf(st.peerKey)
 
 	url := o.natsURL
 	var users *embeddedUsers

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/shared/bus"
 	"github.com/factsync/factsync/shared/service"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
@@ -145,7 +146,16 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 			_ = sub.Drain()
 		}
 	}()
-	cons, err := env.JS.CreateOrUpdateConsumer(ctx, events.StreamJournal, jetstream.ConsumerConfig{
+	// Run alone, the receipts service may start before the guard has
+	// created JOURNAL.
+	journal, err := bus.WaitForStream(ctx, env.JS, events.StreamJournal, env.Clock, env.Log)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("receipts: %w", err)
+	}
+	cons, err := journal.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable:       Name,
 		Description:   "appends every accepted fact to the receipts log",
 		AckPolicy:     jetstream.AckExplicitPolicy,

@@ -36,6 +36,8 @@ const (
 	Authority Use = "authority"
 	Device    Use = "device"
 	Peer      Use = "peer"
+	// Approver keys sign release approvals and root policies (ota).
+	Approver Use = "approver"
 )
 
 const (

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/services/ota"
+	"github.com/factsync/factsync/shared/service"
+	"github.com/spf13/pflag"
+)
+
+// otaFlags configure the ota service: which authority releases, and the
+// root policy it trusts first (see `factsync ota init`).
+type otaFlags struct {
+	root      string
+	authority string
+	stage     bool
+}
+
+func (f *otaFlags) add(fs *pflag.FlagSet) {
+	fs.StringVar(&f.root, "ota-root", envOr("FACTSYNC_OTA_ROOT", ""), "signed OTA root policy (default DATA/ota/root.json when it exists) (env FACTSYNC_OTA_ROOT)")
+	fs.StringVar(&f.authority, "ota-authority", envOr("FACTSYNC_OTA_AUTHORITY", ""), "release authority id (default: the one recorded beside the root policy) (env FACTSYNC_OTA_AUTHORITY)")
+	fs.BoolVar(&f.stage, "ota-stage", envOr("FACTSYNC_OTA_STAGE", "") == "true", "fetch, verify and stage approved releases and report readiness (env FACTSYNC_OTA_STAGE=true)")
+}
+
+// errOTANotConfigured says how to configure the ota service.
+var errOTANotConfigured = errors.New("the ota service needs a release policy: pass --ota-root FILE (make one with 'factsync ota init')")
+
+func init() {
+	registerService(ota.Name, func(o *serveOptions) (service.Service, error) {
+		rel, err := loadRelease(o)
+		if err != nil {
+			return nil, err
+		}
+		return ota.New(ota.Config{Authority: rel.Authority, Root: rel.Root, Stage: o.ota.stage}), nil
+	})
+}
+
+// release is what `factsync ota init` writes: the release authority and
+// the signed root policy.
+type release struct {
+	Authority events.AuthorityID   `json:"authority"`
+	Root      events.OTASignedRoot `json:"root"`
+}
+
+func (o *serveOptions) releaseFile() string {
+	if o.ota.root != "" {
+		return o.ota.root
+	}
+	return filepath.Join(o.data, "ota", "root.json")
+}
+
+func loadRelease(o *serveOptions) (release, error) {
+	var rel release
+	b, err := os.ReadFile(o.releaseFile())
+	if errors.Is(err, os.ErrNotExist) {
+		return rel, errOTANotConfigured
+	}
+	if err != nil {
+		return rel, err
+	}
+	if err := json.Unmarshal(b, &rel); err != nil {
+		return rel, events.Wrap(events.ReasonMalformed, err, "OTA root policy "+o.releaseFile())
+	}
+	if o.ota.authority != "" {
+		rel.Authority = events.AuthorityID(o.ota.authority)
+	}
+	if err := rel.Authority.Validate(); err != nil {
+		return rel, fmt.Errorf("OTA release authority: %w", err)
+	}
+	return rel, nil
+}
