@@ -17,13 +17,14 @@ import (
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
 )
 
-// DefaultPolicy holds the Rego policy and data shipped with factsync
-// (services/guard/policy), used when Config.PolicyDir is empty.
+// defaultPolicy holds the Rego policy and data shipped with factsync
+// (services/guard/policy).
 //
 //go:embed policy/*.rego policy/data.json
 var defaultPolicy embed.FS
 
-// DefaultPolicy returns the shipped policy directory.
+// DefaultPolicy returns the shipped policy directory, used when
+// Config.PolicyDir is empty.
 func DefaultPolicy() fs.FS {
 	sub, _ := fs.Sub(defaultPolicy, "policy")
 	return sub
