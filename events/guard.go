@@ -19,3 +19,8 @@ const (
 	GuardProto = "guard"
 	OpRevoke   = "revoke"
 )
+
+// RevocationBucket is the guard's KV bucket of revoked token ids, keyed
+// "<authority>.<revocation id hex>". Only the guard writes it (the NATS
+// permissions in shared/natsauth deny it to everyone else).
+const RevocationBucket = "guard_revocations"

@@ -12,15 +12,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// RevocationBucket is the guard's KV bucket of revoked token ids, keyed
-// "<authority>.<revocation id hex>". Every guard replica watches it, so a
-// revocation accepted by one applies at all of them; with R3 JetStream it
-// survives the loss of a server.
-const RevocationBucket = "guard_revocations"
-
+// revocationBucket is events.RevocationBucket. Every guard replica
+// watches it, so a revocation accepted by one applies at all of them; with
+// R3 JetStream it survives the loss of a server.
 func revocationBucket() jetstream.KeyValueConfig {
 	return jetstream.KeyValueConfig{
-		Bucket:      RevocationBucket,
+		Bucket:      events.RevocationBucket,
 		Description: "revoked Biscuit revocation ids, by authority",
 		Storage:     jetstream.FileStorage,
 		History:     1,

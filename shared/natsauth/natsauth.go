@@ -53,17 +53,27 @@ const inbox = "_INBOX.>"
 // accepted.
 var accepted = []string{events.JournalPrefix + ".>", events.TokenPrefix + ".>", events.DeniedPrefix + ".>"}
 
-// jsStreamAdmin are the JetStream API subjects that could change or empty
-// a guarded stream. Only the guard (their owner) may use them on the
-// guarded streams.
-func jsStreamAdmin() []string {
-	var subs []string
-	for _, stream := range []string{events.StreamIngress, events.StreamJournal, events.StreamDenied} {
-		for _, op := range []string{"UPDATE", "DELETE", "PURGE", "MSG.DELETE"} {
-			subs = append(subs, "$JS.API.STREAM."+op+"."+stream)
+// guardOnly are the JetStream API, ack and KV subjects by which anyone
+// but the guard could change, empty or bypass what the guard owns: the
+// guarded streams' configuration and messages, acks and consumers on
+// INGRESS (acking a batch there drops it unchecked), and the revocation
+// bucket. Each API subject is denied both plainly and through a JetStream
+// domain ($JS.<domain>.API...).
+func guardOnly() []string {
+	var api []string
+	for _, stream := range []string{events.StreamIngress, events.StreamJournal, events.StreamDenied, "KV_" + events.RevocationBucket} {
+		for _, op := range []string{"STREAM.UPDATE", "STREAM.DELETE", "STREAM.PURGE", "STREAM.MSG.DELETE"} {
+			api = append(api, op+"."+stream)
 		}
 	}
-	return subs
+	for _, consumerOp := range []string{"*", "*.*"} { // CREATE, DELETE, ...; DURABLE.CREATE, MSG.NEXT
+		api = append(api, "CONSUMER."+consumerOp+"."+events.StreamIngress, "CONSUMER."+consumerOp+"."+events.StreamIngress+".>")
+	}
+	var subs []string
+	for _, s := range api {
+		subs = append(subs, "$JS.API."+s, "$JS.*.API."+s)
+	}
+	return append(subs, "$JS.ACK."+events.StreamIngress+".>", "$KV."+events.RevocationBucket+".>")
 }
 
 // Permissions returns what a user of role may do.
@@ -78,7 +88,7 @@ func Permissions(role Role) (*server.Permissions, error) {
 		return &server.Permissions{
 			Publish: &server.SubjectPermission{
 				Allow: []string{">"},
-				Deny:  append(append([]string{}, accepted...), jsStreamAdmin()...),
+				Deny:  append(append([]string{}, accepted...), guardOnly()...),
 			},
 			Subscribe: &server.SubjectPermission{Allow: []string{">"}},
 		}, nil

@@ -147,3 +147,39 @@ func sameSet(a, b []string) bool {
 	}
 	return reflect.DeepEqual(m(a), m(b))
 }
+
+// TestServicesCannotBypassTheGuard: the services user may use JetStream,
+// but not to empty or reconfigure a guarded stream, take INGRESS batches
+// from the guard's consumer, or write the revocation bucket.
+func TestServicesCannotBypassTheGuard(t *testing.T) {
+	ns := startServer(t)
+	errs := make(chan error, 16)
+	nc := bustest.Connect(t, ns.ClientURL(), nats.UserInfo("svc", "s-secret"),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
+	for _, subject := range []string{
+		"$JS.API.STREAM.PURGE.JOURNAL",
+		"$JS.hub.API.STREAM.UPDATE.JOURNAL",
+		"$JS.API.STREAM.MSG.DELETE.DENIED",
+		"$JS.API.CONSUMER.MSG.NEXT.INGRESS.guard",
+		"$JS.API.CONSUMER.DURABLE.CREATE.INGRESS.thief",
+		"$JS.ACK.INGRESS.guard.1.1.1.1.1",
+		"$KV." + events.RevocationBucket + ".someauthority.someid",
+	} {
+		if err := nc.Publish(subject, nil); err != nil {
+			t.Fatal(err)
+		}
+		_ = nc.Flush()
+		select {
+		case err := <-errs:
+			if !strings.Contains(err.Error(), "Permissions Violation") || !strings.Contains(err.Error(), subject) {
+				t.Fatalf("%s: %v, want a permissions violation", subject, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("services user published to %s without a permissions violation", subject)
+		}
+	}
+	// Ordinary JetStream use stays allowed.
+	if _, err := nc.Request("$JS.API.INFO", nil, 10*time.Second); err != nil {
+		t.Fatalf("services user cannot use the JetStream API: %v", err)
+	}
+}
