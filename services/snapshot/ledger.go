@@ -201,3 +201,20 @@ func shortID(id string) string {
 	}
 	return id
 }
+
+// clone copies the ledger so a write can be tried before it lands.
+func (l *Ledger) clone() *Ledger {
+	out := NewLedger(l.policy)
+	for id, e := range l.snapshots {
+		c := *e
+		c.info = clone(e.info)
+		out.snapshots[id] = &c
+	}
+	for a, ids := range l.order {
+		out.order[a] = slices.Clone(ids)
+	}
+	for a, f := range l.fence {
+		out.fence[a] = f
+	}
+	return out
+}

@@ -1,0 +1,376 @@
+package snapshot
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/factsync/factsync/events"
+	eventsv1 "github.com/factsync/factsync/events/v1"
+	"github.com/factsync/factsync/shared/bus"
+	"github.com/factsync/factsync/shared/clock"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+)
+
+// Source is where a restore fetches snapshots from: another peer's
+// snapshot service, reached through that peer's guard.
+type Source interface {
+	// List returns the authority's committed snapshots, newest first.
+	List(ctx context.Context, auth events.AuthorityID) ([]events.SnapshotInfo, error)
+	// Fetch returns one chunk of a snapshot's content.
+	Fetch(ctx context.Context, auth events.AuthorityID, id string, offset, limit int64) (events.SnapshotFetchReply, error)
+}
+
+// Credentials are what a request through a guard carries: a token that
+// grants `snapshot` on the authority, and the authority's public key.
+type Credentials struct {
+	Token        []byte
+	AuthorityKey ed25519.PublicKey
+}
+
+// Header returns the request headers that carry c.
+func (c Credentials) Header(auth events.AuthorityID) nats.Header {
+	h := nats.Header{}
+	h.Set(events.HeaderToken, base64.StdEncoding.EncodeToString(c.Token))
+	h.Set(events.HeaderAuthorityKey, hex.EncodeToString(c.AuthorityKey))
+	h.Set(events.HeaderAuthority, string(auth))
+	return h
+}
+
+// PeerSource reaches the snapshot service of peer through its guard
+// (events.PeerSubject). With Peer empty it sends client requests
+// (events.APISubject) to the guard of the stack Conn is connected to.
+type PeerSource struct {
+	Conn        *nats.Conn
+	Peer        events.PeerID
+	Credentials Credentials
+	Timeout     time.Duration // per request; default 10s
+}
+
+// List implements Source.
+func (p PeerSource) List(ctx context.Context, auth events.AuthorityID) ([]events.SnapshotInfo, error) {
+	var reply events.SnapshotListReply
+	err := p.request(ctx, auth, events.SnapshotOpList, events.SnapshotListRequest{Collection: "*", CommittedOnly: true}, &reply)
+	return reply.Snapshots, err
+}
+
+// Fetch implements Source.
+func (p PeerSource) Fetch(ctx context.Context, auth events.AuthorityID, id string, offset, limit int64) (events.SnapshotFetchReply, error) {
+	var reply events.SnapshotFetchReply
+	err := p.request(ctx, auth, events.SnapshotOpFetch, events.SnapshotFetchRequest{Collection: "*", ID: id, Offset: offset, Limit: limit}, &reply)
+	return reply, err
+}
+
+// Approve asks peer to approve a manifest; it is the default Asker.
+func (p PeerSource) Approve(ctx context.Context, auth events.AuthorityID, manifest []byte) (events.SnapshotSignature, error) {
+	var reply events.SnapshotApproveReply
+	err := p.request(ctx, auth, events.SnapshotOpApprove, events.SnapshotApproveRequest{Collection: "*", Manifest: manifest}, &reply)
+	return reply.Signature, err
+}
+
+func (p PeerSource) request(ctx context.Context, auth events.AuthorityID, op string, body, reply any) error {
+	timeout := p.Timeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	subject := events.APISubject(events.SnapshotProto, op, auth)
+	if p.Peer != "" {
+		subject = events.PeerSubject(p.Peer, events.SnapshotProto, op)
+	}
+	m := nats.NewMsg(subject)
+	m.Header = p.Credentials.Header(auth)
+	bus.InjectTrace(ctx, m.Header)
+	m.Data, _ = json.Marshal(body)
+	resp, err := p.Conn.RequestMsgWithContext(ctx, m)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return events.Errorf(events.ReasonUnavailable, "nobody answers %s", subject)
+	case err != nil:
+		return events.Wrap(events.ReasonUnavailable, err, "request "+subject)
+	}
+	if resp.Header.Get(events.HeaderReason) != "" {
+		if e := events.DecodeError(resp.Data); e != nil {
+			return e
+		}
+		return events.Errorf(events.Reason(resp.Header.Get(events.HeaderReason)), "%s", resp.Data)
+	}
+	if err := json.Unmarshal(resp.Data, reply); err != nil {
+		return events.Wrap(events.ReasonMalformed, err, "decode the "+op+" reply")
+	}
+	return nil
+}
+
+// RestoreBucket holds one restore marker per authority.
+func RestoreBucket() jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      events.SnapshotRestoreBucket,
+		Description: "snapshot restore markers, one per authority",
+		Storage:     jetstream.FileStorage,
+		History:     1,
+	}
+}
+
+// ReadRestoreMarker returns auth's restore marker; ok is false when the
+// authority was never restored from a snapshot. Anti-entropy reads it: with
+// a complete marker the range before CutSeconds is settled by the snapshot
+// and only the range after it needs reconciling; with a loading marker the
+// restore is unfinished and nothing before the cut may be trusted as whole.
+func ReadRestoreMarker(ctx context.Context, kv jetstream.KeyValue, auth events.AuthorityID) (events.SnapshotRestoreMarker, bool, error) {
+	var m events.SnapshotRestoreMarker
+	e, err := kv.Get(ctx, string(auth))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return m, false, nil
+	}
+	if err != nil {
+		return m, false, events.Wrap(events.ReasonUnavailable, err, "read the restore marker")
+	}
+	if err := json.Unmarshal(e.Value(), &m); err != nil {
+		return m, false, events.Wrap(events.ReasonInternal, err, "decode the restore marker")
+	}
+	return m, true, nil
+}
+
+// Restorer bootstraps authorities of this peer from snapshots.
+type Restorer struct {
+	JS      jetstream.JetStream
+	Markers jetstream.KeyValue // RestoreBucket
+	Clock   clock.Clock
+	// Policy is who must have signed the snapshots of an authority.
+	Policy func(events.AuthorityID) Policy
+	// Progress, when set, receives every progress report.
+	Progress func(events.SnapshotProgress)
+	// SettleTimeout bounds the wait for the guard to accept every loaded
+	// fact; default 2 minutes.
+	SettleTimeout time.Duration
+	// BatchFacts is the most facts per INGRESS batch; default and maximum
+	// events.MaxBatchFacts.
+	BatchFacts int
+	// afterBatch is a test hook: it runs after batch i is in INGRESS and
+	// may cancel the restore to simulate a crash.
+	afterBatch func(i int)
+}
+
+// fetchChunk is the content read per fetch request: its JSON (base64)
+// form stays well under NATS's default 1 MB payload.
+const fetchChunk = 512 << 10
+
+// maxLoadBytes bounds one INGRESS batch, under events.MaxIngressMessage.
+const maxLoadBytes = events.MaxIngressMessage - 64<<10
+
+// Restore fetches auth's latest committed snapshot from src, verifies it,
+// and loads its facts into local INGRESS as fact batches, so the local guard
+// checks every one again. A restore marker records the progress: it says
+// "loading" from before the first batch until JOURNAL holds every fact of
+// the snapshot, and only then "complete". A restore cut short resumes from
+// the marker (the same snapshot: from the last batch published; a newer
+// snapshot: from the start), and batches sent twice are dropped by
+// INGRESS's and JOURNAL's deduplication. It returns the verified snapshot.
+func (r *Restorer) Restore(ctx context.Context, src Source, auth events.AuthorityID) (*Verified, error) {
+	list, err := src.List(ctx, auth)
+	if err != nil {
+		return nil, err
+	}
+	if len(list) == 0 {
+		return nil, events.Errorf(events.ReasonNotFound, "the source has no committed snapshot of authority %s", auth)
+	}
+	info := list[0]
+	marker, found, err := ReadRestoreMarker(ctx, r.Markers, auth)
+	if err != nil {
+		return nil, err
+	}
+	if found && marker.State == events.SnapshotPhaseComplete && marker.CutSeconds >= info.CutSeconds {
+		return nil, events.Errorf(events.ReasonConflict, "authority %s is restored already, to cut %d (the source's latest is %d)", auth, marker.CutSeconds, info.CutSeconds)
+	}
+	report := func(phase events.SnapshotPhase, done, total int64) {
+		if r.Progress != nil {
+			r.Progress(events.SnapshotProgress{Authority: auth, Snapshot: info.ID, Phase: phase, Done: done, Total: total})
+		}
+	}
+
+	content := make([]byte, 0, info.ContentSize)
+	for int64(len(content)) < info.ContentSize {
+		chunk, err := src.Fetch(ctx, auth, info.ID, int64(len(content)), fetchChunk)
+		if err != nil {
+			return nil, err
+		}
+		if len(chunk.Data) == 0 || chunk.Size != info.ContentSize {
+			return nil, events.Errorf(events.ReasonTampered, "the source served %d bytes at offset %d of a %d-byte snapshot that should be %d bytes", len(chunk.Data), len(content), chunk.Size, info.ContentSize)
+		}
+		content = append(content, chunk.Data...)
+		report(events.SnapshotPhaseFetching, int64(len(content)), info.ContentSize)
+	}
+	report(events.SnapshotPhaseVerifying, 0, 1)
+	v, err := Verify(auth, info.Manifest, info.Signatures, content, r.Policy(auth))
+	if err != nil {
+		return nil, err
+	}
+
+	batches := loadBatches(v.Content, r.BatchFacts)
+	start := 0
+	if found && marker.State == events.SnapshotPhaseLoading && marker.Snapshot == v.ID {
+		start = min(marker.Published, len(batches))
+	}
+	marker = events.SnapshotRestoreMarker{Snapshot: v.ID, CutSeconds: v.Manifest.Cut, State: events.SnapshotPhaseLoading, Batches: len(batches), Published: start}
+	if err := r.mark(ctx, auth, &marker); err != nil {
+		return nil, err
+	}
+	total := int64(len(v.Content.Facts))
+	loaded := int64(0)
+	for _, b := range batches[:start] {
+		loaded += int64(len(b.GetFacts()))
+	}
+	for i := start; i < len(batches); i++ {
+		if err := r.publish(ctx, auth, v.ID, i, batches[i]); err != nil {
+			return nil, err
+		}
+		loaded += int64(len(batches[i].GetFacts()))
+		marker.Published = i + 1
+		if err := r.mark(ctx, auth, &marker); err != nil {
+			return nil, err
+		}
+		report(events.SnapshotPhaseLoading, loaded, total)
+		if r.afterBatch != nil {
+			r.afterBatch(i)
+		}
+	}
+	if err := r.settle(ctx, auth, v, func(done int64) { report(events.SnapshotPhaseSettling, done, total) }); err != nil {
+		return nil, err
+	}
+	marker.State = events.SnapshotPhaseComplete
+	if err := r.mark(ctx, auth, &marker); err != nil {
+		return nil, err
+	}
+	report(events.SnapshotPhaseComplete, total, total)
+	return v, nil
+}
+
+// loadBatches splits the content's facts into INGRESS batches, each with
+// the tokens its facts cite, under the batch limits.
+func loadBatches(c *Content, maxFacts int) []*eventsv1.FactBatch {
+	if maxFacts <= 0 || maxFacts > events.MaxBatchFacts {
+		maxFacts = events.MaxBatchFacts
+	}
+	tokens := make(map[string][]byte, len(c.Tokens))
+	for _, t := range c.Tokens {
+		tokens[events.TokenHash(t)] = t
+	}
+	var out []*eventsv1.FactBatch
+	var cur *eventsv1.FactBatch
+	size := 0
+	cited := map[string]bool{}
+	for _, f := range c.Facts {
+		h := f.TokenHash()
+		add := len(f.Body) + len(f.Signature) + 16
+		if !cited[h] {
+			add += len(tokens[h]) + 8
+		}
+		if cur == nil || len(cur.Facts) == maxFacts || size+add > maxLoadBytes {
+			cur, size, cited = &eventsv1.FactBatch{}, 0, map[string]bool{}
+			out = append(out, cur)
+			add = len(f.Body) + len(f.Signature) + 16 + len(tokens[h]) + 8
+		}
+		if !cited[h] {
+			cited[h] = true
+			cur.Tokens = append(cur.Tokens, tokens[h])
+		}
+		cur.Facts = append(cur.Facts, f.Proto())
+		size += add
+	}
+	return out
+}
+
+// publish puts batch i of snapshot id into INGRESS, named so that a
+// repeat within INGRESS's duplicate window is dropped.
+func (r *Restorer) publish(ctx context.Context, auth events.AuthorityID, id string, i int, b *eventsv1.FactBatch) error {
+	m := nats.NewMsg(events.IngressFactSubject(auth))
+	m.Header.Set(events.HeaderMsgID, fmt.Sprintf("snapshot:%s:%d", id, i))
+	bus.InjectTrace(ctx, m.Header)
+	m.Data, _ = proto.Marshal(b)
+	if _, err := r.JS.PublishMsg(ctx, m); err != nil {
+		return events.Wrap(events.ReasonUnavailable, err, fmt.Sprintf("load batch %d of the snapshot into INGRESS", i))
+	}
+	return nil
+}
+
+// settle waits until JOURNAL holds every fact of the snapshot: only the
+// guard's acceptance makes the restore complete. A fact the guard refuses
+// (a revoked or expired token, a closed registration) never arrives, and
+// the restore fails after SettleTimeout with the marker still "loading".
+func (r *Restorer) settle(ctx context.Context, auth events.AuthorityID, v *Verified, progress func(int64)) error {
+	missing := make(map[events.FactID]bool, len(v.Content.Facts))
+	for _, f := range v.Content.Facts {
+		missing[f.ID] = true
+	}
+	timeout := r.SettleTimeout
+	if timeout <= 0 {
+		timeout = 2 * time.Minute
+	}
+	deadline := r.Clock.After(timeout)
+	cons, err := r.JS.OrderedConsumer(ctx, events.StreamJournal, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{events.JournalAuthorityFilter(auth)},
+	})
+	if err != nil {
+		return events.Wrap(events.ReasonUnavailable, err, "watch JOURNAL")
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return events.Wrap(events.ReasonUnavailable, err, "watch JOURNAL")
+	}
+	defer it.Stop()
+	arrived := make(chan events.FactID, 256)
+	go func() {
+		defer close(arrived)
+		for {
+			m, err := it.Next()
+			if err != nil {
+				return
+			}
+			if f, err := events.DecodeFact(m.Data()); err == nil {
+				arrived <- f.ID
+			}
+		}
+	}()
+	defer func() {
+		it.Stop()
+		for range arrived {
+		}
+	}()
+	total := len(missing)
+	for len(missing) > 0 {
+		select {
+		case id, ok := <-arrived:
+			if !ok {
+				return events.Errorf(events.ReasonUnavailable, "JOURNAL watch ended with %d facts of the snapshot missing", len(missing))
+			}
+			if missing[id] {
+				delete(missing, id)
+				if n := total - len(missing); n%1000 == 0 || len(missing) == 0 {
+					progress(int64(n))
+				}
+			}
+		case <-deadline:
+			return events.Errorf(events.ReasonUnavailable, "the guard accepted %d of the snapshot's %d facts within %s; see DENIED for the others (the restore stays marked loading)", total-len(missing), total, timeout)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func (r *Restorer) mark(ctx context.Context, auth events.AuthorityID, m *events.SnapshotRestoreMarker) error {
+	m.UpdatedAt = r.Clock.Now().UTC()
+	b, _ := json.Marshal(m)
+	if _, err := r.Markers.Put(ctx, string(auth), b); err != nil {
+		return events.Wrap(events.ReasonUnavailable, err, "write the restore marker")
+	}
+	return nil
+}
