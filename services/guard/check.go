@@ -17,6 +17,12 @@ import (
 // maxDeniedPayload bounds the copy of a rejected event kept in DENIED.
 const maxDeniedPayload = 4 << 10
 
+// MaxBatchTokens bounds the distinct tokens in one INGRESS message. Each
+// costs a signature chain and a datalog run, and anyone can mint tokens
+// for an authority of their own, so the bound caps the work one message
+// can demand.
+const MaxBatchTokens = 64
+
 // checker decides the facts of INGRESS messages. It holds no connection,
 // so the fuzz target and the benchmark drive it directly. It is safe for
 // concurrent use.
@@ -90,17 +96,8 @@ func (c *checker) check(ctx context.Context, subject string, data []byte, now ti
 	// Token, once per group; then clock skew and policy per fact.
 	for _, k := range order {
 		facts := groups[k]
-		token, err := tokens[k.token], error(nil)
-		if token == nil {
-			err = events.Errorf(events.ReasonBadToken, "token %.12s cited by the fact is not in the batch", k.token)
-		} else {
-			_, err = c.verifier.Verify(token, capability.Request{
-				Authority: facts[0].AuthorityKey(),
-				Device:    facts[0].DeviceKey(),
-				Right:     capability.Right{Collection: k.collection, Op: capability.OpWrite},
-				Now:       now,
-			})
-		}
+		token := tokens[k.token]
+		err := c.verifyToken(token, k.token, facts[0], now)
 		for _, f := range facts {
 			ferr := err
 			if ferr == nil {
@@ -146,6 +143,21 @@ func verifySignatures(facts []*events.Fact, errs []error) {
 		wg.Go(func() { verify(lo, min(lo+per, len(facts))) })
 	}
 	wg.Wait()
+}
+
+// verifyToken checks that token grants f's device write on f's
+// collection.
+func (c *checker) verifyToken(token []byte, hash string, f *events.Fact, now time.Time) error {
+	if token == nil {
+		return events.Errorf(events.ReasonBadToken, "token %.12s cited by the fact is not in the batch", hash)
+	}
+	_, err := c.verifier.Verify(token, capability.Request{
+		Authority: f.AuthorityKey(),
+		Device:    f.DeviceKey(),
+		Right:     capability.Right{Collection: f.Collection(), Op: capability.OpWrite},
+		Now:       now,
+	})
+	return err
 }
 
 // checkFact runs the per-fact checks that follow the token.
@@ -195,9 +207,9 @@ func decodeBatch(subject string, data []byte) (*ingressBatch, error) {
 	if len(fb.GetFacts()) == 0 {
 		return nil, events.Errorf(events.ReasonMalformed, "batch holds no facts")
 	}
-	if len(fb.GetFacts()) > events.MaxBatchFacts || len(fb.GetTokens()) > events.MaxBatchFacts {
-		return nil, events.Errorf(events.ReasonTooLarge, "batch holds %d facts and %d tokens, limit %d each",
-			len(fb.GetFacts()), len(fb.GetTokens()), events.MaxBatchFacts)
+	if len(fb.GetFacts()) > events.MaxBatchFacts || len(fb.GetTokens()) > MaxBatchTokens {
+		return nil, events.Errorf(events.ReasonTooLarge, "batch holds %d facts and %d tokens, limits %d and %d",
+			len(fb.GetFacts()), len(fb.GetTokens()), events.MaxBatchFacts, MaxBatchTokens)
 	}
 	return &ingressBatch{authority: auth, facts: fb.GetFacts(), tokens: fb.GetTokens()}, nil
 }

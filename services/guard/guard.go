@@ -25,6 +25,8 @@ import (
 	"github.com/factsync/factsync/shared/clock"
 	"github.com/factsync/factsync/shared/service"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 )
 
 // Name is the service name, the INGRESS durable consumer and the request
@@ -133,10 +135,15 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	if err != nil {
 		return err
 	}
+	tracer := env.Tracer
+	if tracer == nil {
+		tracer = tracenoop.NewTracerProvider().Tracer(Name)
+	}
 	g := &running{
 		Service: s,
 		env:     env,
 		log:     log,
+		tracer:  tracer,
 		metrics: m,
 		check: &checker{
 			verifier: s.verifier,
@@ -179,6 +186,7 @@ type running struct {
 	*Service
 	env         *service.Env
 	log         *slog.Logger
+	tracer      trace.Tracer
 	metrics     *metrics
 	check       *checker
 	journal     *journalWriter

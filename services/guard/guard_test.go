@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -241,4 +242,29 @@ func TestPolicyReload(t *testing.T) {
 	eventually(t, 20*time.Second, "the fact denied", func() bool {
 		return streamMsgs(t, g.h.JS, events.StreamDenied, events.DeniedSubject(events.ReasonPolicyDenied)) == 1
 	})
+}
+
+// TestTraceContextReachesJournal: the W3C trace context of an INGRESS
+// message travels on to the JOURNAL messages of its facts.
+func TestTraceContextReachesJournal(t *testing.T) {
+	g := startGuard(t, Config{})
+	d := newDevice(t, testNow.Add(time.Hour), "notes:write")
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	m := nats.NewMsg(events.IngressFactSubject(d.auth()))
+	m.Header.Set("traceparent", "00-"+traceID+"-00f067aa0ba902b7-01")
+	m.Data = batch([][]byte{d.token}, d.fact(t, "notes", "traced", d.token))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := g.h.JS.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "the fact in JOURNAL", func() bool {
+		return streamMsgs(t, g.h.JS, events.StreamJournal, events.JournalPrefix+".>") == 1
+	})
+	for _, filter := range []string{events.JournalPrefix + ".>", events.TokenPrefix + ".>"} {
+		got := readStream(t, g.h.JS, events.StreamJournal, filter)[0].Headers().Get("traceparent")
+		if !strings.Contains(got, traceID) {
+			t.Errorf("%s message has traceparent %q, want trace %s", filter, got, traceID)
+		}
+	}
 }

@@ -12,6 +12,9 @@ import (
 	"github.com/factsync/factsync/shared/bus"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -96,23 +99,41 @@ func (l *ingressLoop) run(ctx context.Context) {
 func (g *running) decide(ctx context.Context, group []jetstream.Msg) {
 	start := g.env.Clock.Now()
 	var (
-		accepted []*events.Fact
+		accepted []journalEntry
 		tokens   = map[string][]byte{}
-		denials  []*eventsv1.Denial
+		denials  []tracedDenial
+		spans    []trace.Span
 	)
 	for _, m := range group {
-		v := g.check.check(ctx, m.Subject(), m.Data(), start)
-		accepted = append(accepted, v.accepted...)
+		mctx, span := g.tracer.Start(bus.ExtractTrace(ctx, m.Headers()), "guard.decide",
+			trace.WithAttributes(attribute.String("messaging.destination.name", m.Subject())))
+		spans = append(spans, span)
+		traceHeader := nats.Header{}
+		bus.InjectTrace(mctx, traceHeader)
+
+		v := g.check.check(mctx, m.Subject(), m.Data(), start)
+		for _, f := range v.accepted {
+			accepted = append(accepted, journalEntry{fact: f, trace: traceHeader})
+		}
 		for h, t := range v.tokens {
 			tokens[h] = t
 		}
-		denials = append(denials, v.denials...)
+		for _, d := range v.denials {
+			denials = append(denials, tracedDenial{denial: d, trace: traceHeader})
+		}
+		span.SetAttributes(attribute.Int("factsync.accepted", len(v.accepted)), attribute.Int("factsync.denied", len(v.denials)))
 	}
+	defer func() {
+		for _, span := range spans {
+			span.End()
+		}
+	}()
 	retry := func(what string, err error) {
 		if ctx.Err() == nil {
 			g.log.Error("cannot make decisions durable; INGRESS will redeliver", "step", what, "err", err, "messages", len(group))
 		}
-		for _, m := range group {
+		for i, m := range group {
+			spans[i].SetStatus(codes.Error, err.Error())
 			_ = m.NakWithDelay(retryDelay)
 		}
 	}
@@ -134,19 +155,28 @@ func (g *running) decide(ctx context.Context, group []jetstream.Msg) {
 	}
 	reasons := make([]events.Reason, len(denials))
 	for i, d := range denials {
-		reasons[i] = events.Reason(d.GetReason())
+		reasons[i] = events.Reason(d.denial.GetReason())
 	}
 	g.metrics.record(ctx, "fact", len(accepted), reasons, g.env.Clock.Now().Sub(start))
 }
 
+// tracedDenial is a denial with the trace context of its INGRESS message.
+type tracedDenial struct {
+	denial *eventsv1.Denial
+	trace  nats.Header
+}
+
 // publishDenials stores denials in DENIED, each once: a redelivered
 // message's denials repeat the same Nats-Msg-Id.
-func (g *running) publishDenials(ctx context.Context, denials []*eventsv1.Denial) error {
+func (g *running) publishDenials(ctx context.Context, denials []tracedDenial) error {
 	futures := make([]jetstream.PubAckFuture, 0, len(denials))
-	for _, d := range denials {
+	for _, td := range denials {
+		d := td.denial
 		m := nats.NewMsg(events.DeniedSubject(events.Reason(d.GetReason())))
+		for k, v := range td.trace {
+			m.Header[k] = v
+		}
 		m.Header.Set(events.HeaderMsgID, denialID(d))
-		bus.InjectTrace(ctx, m.Header)
 		m.Data, _ = proto.Marshal(d)
 		f, err := g.env.JS.PublishMsgAsync(m)
 		if err != nil {

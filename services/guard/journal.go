@@ -11,7 +11,6 @@ import (
 	"sync"
 
 	"github.com/factsync/factsync/events"
-	"github.com/factsync/factsync/shared/bus"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -63,28 +62,35 @@ func newJournalWriter(nc *nats.Conn, js jetstream.JetStream, journal jetstream.S
 	return &journalWriter{nc: nc, js: js, journal: journal, maxBatch: maxBatch, storedTokens: map[string]struct{}{}}
 }
 
-// write stores facts and the tokens they cite in JOURNAL and returns once
-// JOURNAL has acknowledged all of them. Nats-Msg-Id is the FactID (or
+// journalEntry is an accepted fact with the trace context (W3C headers) of
+// the INGRESS message that carried it, so the trace continues in JOURNAL.
+type journalEntry struct {
+	fact  *events.Fact
+	trace nats.Header
+}
+
+// write stores the facts and the tokens they cite in JOURNAL and returns
+// once JOURNAL has acknowledged all of them. Nats-Msg-Id is the FactID (or
 // "token:"+hash), so a repeat is stored once.
-func (w *journalWriter) write(ctx context.Context, facts []*events.Fact, tokens map[string][]byte) (journalStats, error) {
+func (w *journalWriter) write(ctx context.Context, entries []journalEntry, tokens map[string][]byte) (journalStats, error) {
 	var stats journalStats
 	var msgs []*nats.Msg
 	var newTokens []string
 	for hash, token := range tokens {
-		auth := authorityOfToken(facts, hash)
-		if w.tokenStored(ctx, auth, hash) {
+		first := firstCiting(entries, hash)
+		if first == nil || w.tokenStored(ctx, first.fact.Authority, hash) {
 			continue
 		}
 		newTokens = append(newTokens, hash)
-		msgs = append(msgs, journalMsg(ctx, events.TokenSubject(auth, hash), "token:"+hash, token))
+		msgs = append(msgs, journalMsg(events.TokenSubject(first.fact.Authority, hash), "token:"+hash, token, first.trace))
 	}
-	seen := make(map[events.FactID]bool, len(facts))
-	for _, f := range facts {
-		if seen[f.ID] {
+	seen := make(map[events.FactID]bool, len(entries))
+	for _, e := range entries {
+		if seen[e.fact.ID] {
 			continue // a duplicate id inside one batch fails the whole batch
 		}
-		seen[f.ID] = true
-		msgs = append(msgs, journalMsg(ctx, events.JournalSubject(f.Authority, f.Collection()), f.ID.String(), f.Marshal()))
+		seen[e.fact.ID] = true
+		msgs = append(msgs, journalMsg(events.JournalSubject(e.fact.Authority, e.fact.Collection()), e.fact.ID.String(), e.fact.Marshal(), e.trace))
 	}
 	for start := 0; start < len(msgs); start += w.maxBatch {
 		chunk := msgs[start:min(start+w.maxBatch, len(msgs))]
@@ -111,13 +117,13 @@ func (w *journalWriter) write(ctx context.Context, facts []*events.Fact, tokens 
 	return stats, nil
 }
 
-func authorityOfToken(facts []*events.Fact, hash string) events.AuthorityID {
-	for _, f := range facts {
-		if f.TokenHash() == hash {
-			return f.Authority
+func firstCiting(entries []journalEntry, tokenHash string) *journalEntry {
+	for i := range entries {
+		if entries[i].fact.TokenHash() == tokenHash {
+			return &entries[i]
 		}
 	}
-	return ""
+	return nil
 }
 
 // tokenStored reports whether the token is known to be in JOURNAL, asking
@@ -138,10 +144,12 @@ func (w *journalWriter) tokenStored(ctx context.Context, auth events.AuthorityID
 	return true
 }
 
-func journalMsg(ctx context.Context, subject, msgID string, data []byte) *nats.Msg {
+func journalMsg(subject, msgID string, data []byte, trace nats.Header) *nats.Msg {
 	m := nats.NewMsg(subject)
+	for k, v := range trace {
+		m.Header[k] = v
+	}
 	m.Header.Set(events.HeaderMsgID, msgID)
-	bus.InjectTrace(ctx, m.Header)
 	m.Data = data
 	return m
 }

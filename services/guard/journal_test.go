@@ -28,16 +28,23 @@ func TestJournalWriterRecoversFromDuplicateInBatch(t *testing.T) {
 	a, b, c := d.fact(t, "notes", "a", d.token), d.fact(t, "notes", "b", d.token), d.fact(t, "notes", "c", d.token)
 	tokens := map[string][]byte{events.TokenHash(d.token): d.token}
 
+	entries := func(facts ...*events.Fact) []journalEntry {
+		var es []journalEntry
+		for _, f := range facts {
+			es = append(es, journalEntry{fact: f})
+		}
+		return es
+	}
 	w := newJournalWriter(h.Conn, h.JS, journal, 0)
-	stats, err := w.write(ctx, []*events.Fact{a, b}, tokens)
+	stats, err := w.write(ctx, entries(a, b), tokens)
 	if err != nil || stats.batches != 1 || stats.fallback != 0 {
 		t.Fatalf("first write: %+v, %v; want one atomic batch", stats, err)
 	}
 
 	// The server's behaviour the guard must handle.
 	err = w.publishAtomic(ctx, []*nats.Msg{
-		journalMsg(ctx, events.JournalSubject(d.auth(), "notes"), a.ID.String(), a.Marshal()),
-		journalMsg(ctx, events.JournalSubject(d.auth(), "notes"), c.ID.String(), c.Marshal()),
+		journalMsg(events.JournalSubject(d.auth(), "notes"), a.ID.String(), a.Marshal(), nil),
+		journalMsg(events.JournalSubject(d.auth(), "notes"), c.ID.String(), c.Marshal(), nil),
 	})
 	var apiErr *jetstream.APIError
 	if !errors.As(err, &apiErr) || apiErr.ErrorCode != errCodeBatchDuplicate {
@@ -47,7 +54,7 @@ func TestJournalWriterRecoversFromDuplicateInBatch(t *testing.T) {
 	// A fresh writer (a restarted guard) redelivering a, b and c: it finds
 	// the token already stored, the batch hits 10201, the fallback lands c.
 	w2 := newJournalWriter(h.Conn, h.JS, journal, 0)
-	stats, err = w2.write(ctx, []*events.Fact{a, b, c, a}, tokens)
+	stats, err = w2.write(ctx, entries(a, b, c, a), tokens)
 	if err != nil {
 		t.Fatal(err)
 	}

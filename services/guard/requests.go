@@ -9,8 +9,11 @@ import (
 	"errors"
 
 	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/shared/bus"
 	"github.com/factsync/factsync/shared/capability"
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // maxConcurrentRequests bounds the requests the guard forwards at once; a
@@ -117,10 +120,14 @@ func (g *running) stopRequests() {
 // reason it was refused. Every request gets a reply.
 func (g *running) serveRequest(ctx context.Context, m *nats.Msg, peer bool) {
 	start := g.env.Clock.Now()
+	ctx, span := g.tracer.Start(bus.ExtractTrace(ctx, m.Header), "guard.request",
+		trace.WithAttributes(attribute.String("messaging.destination.name", m.Subject)))
+	defer span.End()
 	reply, err := g.forward(ctx, m, peer)
 	var denied []events.Reason
 	if err != nil {
 		denied = []events.Reason{events.ReasonOf(err)}
+		span.SetAttributes(attribute.String("factsync.reason", string(denied[0])))
 	}
 	g.metrics.record(ctx, "request", 1-len(denied), denied, g.env.Clock.Now().Sub(start))
 	g.reply(m, reply, err)
@@ -206,6 +213,7 @@ func (g *running) forward(ctx context.Context, m *nats.Msg, peer bool) (*nats.Ms
 		fwd.Header[k] = v
 	}
 	fwd.Header.Set(events.HeaderDevice, string(device))
+	bus.InjectTrace(ctx, fwd.Header)
 	fwd.Data = m.Data
 	rctx, cancel := context.WithTimeout(ctx, g.cfg.RequestTimeout)
 	defer cancel()
