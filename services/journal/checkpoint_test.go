@@ -74,7 +74,7 @@ func TestCheckpointMustMatchTheStreamTip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &run{env: &service.Env{DataDir: t.TempDir()}, replica: newReplica(nil)}
+	r := &run{env: &service.Env{DataDir: t.TempDir()}, stream: stream}
 	good := tip{seq: ack.Sequence, hash: sha256.Sum256(f.Marshal())}
 	for name, c := range map[string]struct {
 		tip  tip
@@ -84,7 +84,7 @@ func TestCheckpointMustMatchTheStreamTip(t *testing.T) {
 		"other message":   {tip{seq: good.seq, hash: sha256.Sum256([]byte("other"))}, false},
 		"beyond the tail": {tip{seq: good.seq + 1, hash: good.hash}, false},
 	} {
-		if got := r.streamHolds(ctx, stream, c.tip); got != c.want {
+		if got := r.streamHolds(ctx, c.tip); got != c.want {
 			t.Errorf("%s: streamHolds = %v, want %v", name, got, c.want)
 		}
 	}

@@ -8,9 +8,10 @@ import (
 	"github.com/factsync/factsync/shared/query"
 )
 
-// replica is the journal's materialised state: one fold per authority, the
-// secondary indexes over it, and the JOURNAL sequence it reflects. The fold
-// loop writes it; request handlers read it concurrently.
+// replica is the materialised state of one partition: one fold per
+// authority of the partition, the secondary indexes over them, and the
+// JOURNAL sequence it reflects. The fold loop writes it; request handlers
+// read it concurrently.
 type replica struct {
 	indexed map[string][]string // collection (or "*") -> indexed fields
 
@@ -51,12 +52,18 @@ type change struct {
 
 // apply folds a batch in order and returns the visible changes. through
 // is the batch's last JOURNAL message, which the state reflects afterwards
-// even when that message was not a fact. Lock: takes mu.
+// even when that message was not a fact. Facts at or below the state's
+// position are already in it and are skipped: a reader that rewinds to
+// cover a newly activated partition never folds a fact twice into the
+// others. Lock: takes mu.
 func (r *replica) apply(batch []folded, through tip) []change {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var changes []change
 	for _, b := range batch {
+		if b.seq <= r.tip.seq {
+			continue
+		}
 		auth := b.fact.Authority
 		st := r.folds[auth]
 		if st == nil {

@@ -1,10 +1,10 @@
 package journal_test
 
 import (
+	"crypto/ed25519"
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -35,7 +35,7 @@ func BenchmarkRestart(b *testing.B) {
 	if err := j.stop(); err != nil {
 		b.Fatal(err)
 	}
-	st, err := os.Stat(filepath.Join(dir, "checkpoint"))
+	st, err := os.Stat(checkpointPath(dir, events.AuthorityIDOf(authorityKey.Public().(ed25519.PublicKey))))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -3,9 +3,16 @@
 // announces every visible change on fs.changes.<auth>.<coll>.<doc>.
 //
 // The fold is shared/fold, so every replica that has seen the same facts
-// holds the same documents; queries are shared/query. The journal
-// checkpoints its state with the JOURNAL sequence it reflects, so a restart
-// loads the checkpoint and folds only the facts after it.
+// holds the same documents; queries are shared/query.
+//
+// Replicas share the work by authority (lease.go): the authorities fall
+// into Partitions partitions (PartitionOf), and each partition is owned by
+// one live replica, which folds it, answers the requests about its
+// authorities and announces their changes. Every replica reads JOURNAL
+// once, in order, and folds only the facts of the partitions it holds.
+// Each partition is checkpointed on its own with the JOURNAL sequence it
+// reflects, so a restart, or a replica taking a partition over, loads the
+// checkpoint and folds only the facts after it.
 package journal
 
 import (
@@ -14,18 +21,25 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/shared/backlog"
 	"github.com/factsync/factsync/shared/bus"
 	"github.com/factsync/factsync/shared/service"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 )
 
-// Name is the service's name, durable consumer and queue group.
+// Name is the service's name.
 const Name = "journal"
 
 // Config tunes the journal. The zero value is usable.
@@ -41,6 +55,13 @@ type Config struct {
 	// BatchSize is the most JOURNAL messages folded under one lock.
 	// Default 512.
 	BatchSize int
+	// Partitions is how many partitions the authorities are spread over
+	// (DefaultPartitions). Every replica must use the same number.
+	Partitions int
+	// LeaseTTL is how long a partition lease lasts without renewal
+	// (DefaultLeaseTTL): the longest a dead replica's partitions go
+	// unanswered. Replicas renew every LeaseTTL/4.
+	LeaseTTL time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -49,6 +70,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.BatchSize <= 0 {
 		c.BatchSize = 512
+	}
+	if c.Partitions <= 0 {
+		c.Partitions = DefaultPartitions
+	}
+	if c.LeaseTTL <= 0 {
+		c.LeaseTTL = DefaultLeaseTTL
 	}
 	return c
 }
@@ -65,28 +92,35 @@ func New(cfg Config) *Service { return &Service{cfg: cfg.withDefaults()} }
 func (s *Service) Name() string { return Name }
 
 // Streams implements service.Service. The journal owns no stream: JOURNAL
-// is the guard's, and only the guard's NATS user may change it.
+// is the guard's, and only the guard's NATS user may change it. It
+// provisions its lease bucket itself.
 func (s *Service) Streams() []jetstream.StreamConfig { return nil }
 
 // run is one run of the service.
 type run struct {
-	cfg     Config
-	env     *service.Env
-	replica *replica
+	cfg    Config
+	env    *service.Env
+	id     string // this replica among the journal's replicas
+	stream jetstream.Stream
+	parts  *partitions
+	tracer trace.Tracer
 
-	streamCreated int64  // identifies the JOURNAL this state was folded from
-	saved         uint64 // sequence of the last checkpoint written
+	streamCreated int64         // identifies the JOURNAL the state was folded from
+	pending       atomic.Uint64 // JOURNAL facts not yet delivered to the reader
 
 	folded    metric.Int64Counter
 	malformed metric.Int64Counter
 }
 
-// Run implements service.Service. It resumes from the checkpoint in
-// env.DataDir, folds JOURNAL until it has caught up, then serves requests
-// and keeps folding until ctx is cancelled, when it writes a last
-// checkpoint.
+// Run implements service.Service. It joins the journal's replicas, takes
+// its share of the partitions (each resumed from its checkpoint in
+// env.DataDir), and folds and serves them until ctx is cancelled, when it
+// checkpoints them and hands them back.
 func (s *Service) Run(ctx context.Context, env *service.Env) error {
-	r := &run{cfg: s.cfg, env: env, replica: newReplica(s.cfg.Indexes)}
+	r := &run{cfg: s.cfg, env: env, id: nuid.Next(), parts: newPartitions(s.cfg.Partitions, s.cfg.Indexes, env.DataDir), tracer: env.Tracer}
+	if r.tracer == nil {
+		r.tracer = tracenoop.NewTracerProvider().Tracer(Name)
+	}
 	if err := r.instrument(); err != nil {
 		return err
 	}
@@ -101,45 +135,24 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	if err != nil {
 		return fmt.Errorf("journal: read JOURNAL info: %w", err)
 	}
-	r.streamCreated = info.Created.UnixNano()
-	r.resume(ctx, stream)
-
-	cons, err := r.consumer(ctx, stream)
+	r.stream, r.streamCreated = stream, info.Created.UnixNano()
+	kvs, err := bus.ProvisionKV(ctx, env.JS, jetstream.KeyValueConfig{
+		Bucket:      LeaseBucket,
+		Description: "journal replicas and the partitions each owns",
+		TTL:         s.cfg.LeaseTTL,
+		Replicas:    info.Config.Replicas,
+	})
 	if err != nil {
-		return err
+		return fmt.Errorf("journal: %w", err)
 	}
-	caughtUp := make(chan struct{})
+	l := &leases{r: r, kv: kvs[0], id: r.id, handingOver: map[int]int{}, revisions: map[int]uint64{}}
+
 	ctx, cancel := context.WithCancelCause(ctx)
 	var wg sync.WaitGroup
 	defer func() {
 		cancel(nil)
 		wg.Wait()
 	}()
-	wg.Go(func() {
-		if err := r.consume(ctx, cons, caughtUp); err != nil {
-			cancel(err)
-		}
-	})
-
-	// finish stops folding and saves how far it got, whenever Run ends
-	// after folding started.
-	finish := func() error {
-		<-ctx.Done()
-		wg.Wait()
-		if err := r.checkpoint(); err != nil {
-			return err
-		}
-		return stopped(ctx)
-	}
-	select {
-	case <-caughtUp:
-	case <-ctx.Done():
-		return finish()
-	}
-	// Save what catching up folded, so the next restart need not repeat it.
-	if err := r.checkpoint(); err != nil {
-		return err
-	}
 	subs, err := r.serve()
 	if err != nil {
 		return err
@@ -149,15 +162,35 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 			_ = sub.Drain()
 		}
 	}()
-	if env.Ready != nil {
-		env.Ready()
-	}
-	wg.Go(func() {
-		if err := r.checkpointLoop(ctx); err != nil {
-			cancel(err)
+	ready := func() {
+		r.logger().Info("journal: every partition has an owner", "replica", r.id)
+		if env.Ready != nil {
+			env.Ready()
 		}
-	})
-	return finish()
+	}
+	for _, loop := range []func(context.Context) error{
+		r.read,
+		func(ctx context.Context) error { return l.loop(ctx, ready) },
+		r.checkpointLoop,
+		func(ctx context.Context) error {
+			return backlog.Watch(ctx, r.meter(), env.Clock, 0, r.logger(), backlog.Source{
+				Stream: events.StreamJournal, Consumer: Name,
+				Pending: func(context.Context) (uint64, error) { return r.pending.Load(), nil },
+			})
+		},
+	} {
+		wg.Go(func() {
+			if err := loop(ctx); err != nil {
+				cancel(err)
+			}
+		})
+	}
+	<-ctx.Done()
+	wg.Wait()
+	if err := l.release(); err != nil {
+		return err
+	}
+	return stopped(ctx)
 }
 
 // stopped is Run's result once ctx is done: nil for a plain cancellation.
@@ -168,77 +201,102 @@ func stopped(ctx context.Context) error {
 	return nil
 }
 
-// resume loads the checkpoint, unless it is missing, damaged, or belongs
-// to another JOURNAL (recreated, or no longer holding the checkpoint's last
-// message): then the journal folds the stream from its start, which is
-// always correct, only slower.
-func (r *run) resume(ctx context.Context, stream jetstream.Stream) {
-	c, err := readCheckpoint(r.env.DataDir)
+// activate starts folding partition p from its checkpoint, which is
+// trusted only when it is of this JOURNAL and the stream still holds the
+// message it ends at; otherwise the partition folds JOURNAL from the
+// start, which is always correct, only slower.
+func (r *run) activate(ctx context.Context, p int) (*partition, error) {
+	if part := r.parts.get(p); part != nil {
+		return part, nil
+	}
+	// What the partition must fold before it is current.
+	var target uint64
+	last, err := r.stream.GetLastMsgForSubject(ctx, events.JournalPrefix+".>")
+	switch {
+	case err == nil:
+		target = last.Sequence
+	case !errors.Is(err, jetstream.ErrMsgNotFound):
+		return nil, fmt.Errorf("journal: read JOURNAL's last fact: %w", err)
+	}
+	state := newReplica(r.cfg.Indexes)
+	dir := r.parts.checkpointDir(p)
+	c, err := readCheckpoint(dir)
 	switch {
 	case errors.Is(err, errNoCheckpoint):
-		return
 	case err != nil:
-		r.logger().Warn("journal: ignoring checkpoint, folding JOURNAL from the start", "err", err)
-		return
-	case c.streamCreated != r.streamCreated || !r.streamHolds(ctx, stream, c.tip):
-		r.logger().Warn("journal: checkpoint is of another JOURNAL, folding from the start", "checkpoint_seq", c.tip.seq)
-		return
+		r.logger().Warn("journal: ignoring checkpoint, folding the partition from the start", "partition", p, "err", err)
+	case c.streamCreated != r.streamCreated || !r.streamHolds(ctx, c.tip):
+		r.logger().Warn("journal: checkpoint is of another JOURNAL, folding the partition from the start", "partition", p, "checkpoint_seq", c.tip.seq)
+	default:
+		state.restore(c.tip, c.folds)
 	}
-	r.replica.restore(c.tip, c.folds)
-	r.saved = c.tip.seq
-	r.logger().Info("journal: resumed from checkpoint", "seq", c.tip.seq)
+	r.logger().Debug("journal: activating partition", "partition", p, "from_seq", state.position(), "target_seq", target)
+	return r.parts.add(p, state, state.position(), target), nil
+}
+
+// deactivate checkpoints partition p and stops folding it.
+func (r *run) deactivate(p int) error {
+	part := r.parts.remove(p)
+	if part == nil {
+		return nil
+	}
+	return part.checkpoint(r.streamCreated)
 }
 
 // streamHolds reports whether JOURNAL still has the message t names.
-func (r *run) streamHolds(ctx context.Context, stream jetstream.Stream, t tip) bool {
-	m, err := stream.GetMsg(ctx, t.seq)
+func (r *run) streamHolds(ctx context.Context, t tip) bool {
+	m, err := r.stream.GetMsg(ctx, t.seq)
 	return err == nil && sha256.Sum256(m.Data) == t.hash
 }
 
-// consumer (re)creates the durable consumer to start right after the
-// checkpoint. The checkpoint, not the consumer's ack floor, is the
-// journal's position: facts acked after the last checkpoint must be folded
-// again, so the consumer is replaced rather than resumed.
-func (r *run) consumer(ctx context.Context, stream jetstream.Stream) (jetstream.Consumer, error) {
-	if err := stream.DeleteConsumer(ctx, Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return nil, fmt.Errorf("journal: replace JOURNAL consumer: %w", err)
+// errRewind ends a reader run so the next one covers a new partition.
+var errRewind = errors.New("rewind")
+
+// read folds JOURNAL for the active partitions. Each run of the reader is
+// an ordered consumer from the lowest position among them; activating a
+// partition starts a new run.
+func (r *run) read(ctx context.Context) error {
+	for {
+		start, ok := r.parts.attachAll()
+		if !ok {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-r.parts.rewind:
+				continue
+			}
+		}
+		cons, err := r.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+			FilterSubjects: []string{events.JournalPrefix + ".>"},
+			DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+			OptStartSeq:    start,
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("journal: JOURNAL consumer: %w", err)
+		}
+		switch err := r.consume(ctx, cons); {
+		case errors.Is(err, errRewind):
+		case err != nil:
+			return err
+		default:
+			return nil
+		}
 	}
-	cfg := jetstream.ConsumerConfig{
-		Durable:       Name,
-		Description:   "folds accepted facts into documents",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		FilterSubject: events.JournalPrefix + ".>",
-		MaxAckPending: 8 * r.cfg.BatchSize,
-	}
-	if seq := r.replica.position(); seq > 0 {
-		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, seq+1
-	}
-	cons, err := stream.CreateConsumer(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("journal: create JOURNAL consumer: %w", err)
-	}
-	return cons, nil
 }
 
 // consume folds JOURNAL in batches: it takes what has arrived (up to
-// BatchSize), folds it under one lock, publishes the visible changes and
-// acks. It closes caughtUp once it has folded everything that was in the
-// stream when it started.
-func (r *run) consume(ctx context.Context, cons jetstream.Consumer, caughtUp chan struct{}) error {
-	info, err := cons.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("journal: read consumer info: %w", err)
-	}
-	markCaughtUp := sync.OnceFunc(func() { close(caughtUp) })
-	if info.NumPending == 0 {
-		markCaughtUp()
-	}
+// BatchSize), folds it and publishes the visible changes, until ctx ends
+// (nil) or a partition is activated (errRewind).
+func (r *run) consume(ctx context.Context, cons jetstream.Consumer) error {
 	msgs, err := cons.Messages(jetstream.PullMaxMessages(2 * r.cfg.BatchSize))
 	if err != nil {
 		return fmt.Errorf("journal: consume JOURNAL: %w", err)
 	}
 	incoming := make(chan jetstream.Msg)
+	stop := make(chan struct{})
 	var nextErr error // set before incoming is closed
 	go func() {
 		defer close(incoming)
@@ -250,22 +308,27 @@ func (r *run) consume(ctx context.Context, cons jetstream.Consumer, caughtUp cha
 			}
 			select {
 			case incoming <- m:
-			case <-ctx.Done():
+			case <-stop:
 				return
 			}
 		}
 	}()
 	defer func() {
+		close(stop)
 		msgs.Stop()
 		for range incoming { // unblock the reader
 		}
 	}()
+	// A reader that finds JOURNAL empty past its start has caught up.
+	r.parts.folded(r.parts.attached(), r.caughtUp(ctx, cons), 0)
 	batch := make([]jetstream.Msg, 0, r.cfg.BatchSize)
 	for {
 		batch = batch[:0]
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-r.parts.rewind:
+			return errRewind
 		case m, ok := <-incoming:
 			if !ok {
 				if ctx.Err() != nil {
@@ -287,26 +350,46 @@ func (r *run) consume(ctx context.Context, cons jetstream.Consumer, caughtUp cha
 				break fill
 			}
 		}
-		if r.foldBatch(ctx, batch) {
-			markCaughtUp()
-		}
+		r.foldBatch(ctx, batch)
 	}
 }
 
-// foldBatch folds, announces and acks one batch. It reports whether the
-// batch ended at the stream's end as the consumer saw it.
-func (r *run) foldBatch(ctx context.Context, batch []jetstream.Msg) (atEnd bool) {
-	facts := make([]folded, 0, len(batch))
+// caughtUp reports whether the consumer has nothing to deliver.
+func (r *run) caughtUp(ctx context.Context, cons jetstream.Consumer) bool {
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return false
+	}
+	r.pending.Store(info.NumPending)
+	return info.NumPending == 0
+}
+
+// fact is one JOURNAL message of a batch, decoded.
+type fact struct {
+	msg  jetstream.Msg
+	fact *events.Fact
+	seq  uint64
+	part int
+}
+
+// foldBatch folds one batch into every attached partition (each takes its
+// own facts, and moves its position to the batch's end) and announces the
+// changes of the partitions this replica serves.
+func (r *run) foldBatch(ctx context.Context, batch []jetstream.Msg) {
 	var (
 		through tip
 		last    jetstream.Msg
+		stored  time.Time
+		atEnd   bool
+		facts   []fact
 	)
 	for _, m := range batch {
 		meta, err := m.Metadata()
 		if err != nil {
 			continue
 		}
-		atEnd, through.seq, last = meta.NumPending == 0, meta.Sequence.Stream, m
+		atEnd, through.seq, last, stored = meta.NumPending == 0, meta.Sequence.Stream, m, meta.Timestamp
+		r.pending.Store(meta.NumPending)
 		f, err := factOf(m)
 		if err != nil {
 			// The guard wrote something that is not an accepted fact. It
@@ -316,18 +399,56 @@ func (r *run) foldBatch(ctx context.Context, batch []jetstream.Msg) (atEnd bool)
 			r.malformed.Add(ctx, 1)
 			continue
 		}
-		facts = append(facts, folded{fact: f, seq: meta.Sequence.Stream})
+		facts = append(facts, fact{msg: m, fact: f, seq: meta.Sequence.Stream, part: PartitionOf(f.Authority, r.parts.n)})
 	}
-	if last != nil {
-		through.hash = sha256.Sum256(last.Data())
+	if last == nil {
+		return
 	}
-	changes := r.replica.apply(facts, through)
-	r.folded.Add(ctx, int64(len(facts)))
-	r.announce(ctx, batch, changes)
-	for _, m := range batch {
-		_ = m.Ack()
+	through.hash = sha256.Sum256(last.Data())
+	parts := r.parts.attached()
+	for _, part := range parts {
+		var mine []fact
+		for _, f := range facts {
+			if f.part == part.num {
+				mine = append(mine, f)
+			}
+		}
+		r.foldPartition(ctx, part, mine, through)
 	}
-	return atEnd
+	r.parts.folded(parts, atEnd, r.env.Clock.Now().Sub(stored))
+}
+
+// foldPartition folds one partition's facts of a batch, each in a span
+// that continues the trace the guard put on the JOURNAL message.
+func (r *run) foldPartition(ctx context.Context, part *partition, facts []fact, through tip) {
+	batch := make([]folded, len(facts))
+	spans := make([]trace.Span, len(facts))
+	partAttr := attribute.Int("factsync.partition", part.num)
+	for i, f := range facts {
+		batch[i] = folded{fact: f.fact, seq: f.seq}
+		_, spans[i] = r.tracer.Start(bus.ExtractTrace(ctx, f.msg.Headers()), "journal fold",
+			trace.WithSpanKind(trace.SpanKindConsumer),
+			trace.WithAttributes(events.FactAttributes(f.fact)...),
+			trace.WithAttributes(partAttr, attribute.Int64("messaging.nats.stream.sequence", int64(f.seq))))
+	}
+	before := part.state.position()
+	changes := part.state.apply(batch, through)
+	visible := map[uint64]bool{}
+	for _, c := range changes {
+		visible[c.seq] = true
+	}
+	n := 0
+	for i, f := range facts {
+		if f.seq > before {
+			n++
+		}
+		spans[i].SetAttributes(attribute.Bool("factsync.fold.visible", visible[f.seq]), attribute.Bool("factsync.fold.repeat", f.seq <= before))
+		spans[i].End()
+	}
+	r.folded.Add(ctx, int64(n), metric.WithAttributes(partAttr))
+	if part.isServing(r.parts) {
+		r.announce(ctx, facts, changes)
+	}
 }
 
 // factOf decodes the fact of a JOURNAL message and checks that it is on
@@ -349,8 +470,8 @@ func factOf(m jetstream.Msg) (*events.Fact, error) {
 	return f, nil
 }
 
-// checkpointLoop checkpoints every CheckpointInterval while the state
-// changes.
+// checkpointLoop checkpoints every active partition that moved, every
+// CheckpointInterval.
 func (r *run) checkpointLoop(ctx context.Context) error {
 	ticker := r.env.Clock.NewTicker(r.cfg.CheckpointInterval)
 	defer ticker.Stop()
@@ -359,45 +480,55 @@ func (r *run) checkpointLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-ticker.C():
-			if err := r.checkpoint(); err != nil {
-				return err
+			for _, part := range r.parts.all() {
+				if err := part.checkpoint(r.streamCreated); err != nil {
+					return err
+				}
 			}
 		}
 	}
 }
 
-// checkpoint writes the state if it moved since the last checkpoint. Only
-// the fold loop's caller and checkpointLoop call it, never concurrently:
-// Run calls it before starting the loop and after the loop has stopped.
-func (r *run) checkpoint() error {
-	if r.replica.position() == r.saved {
-		return nil
+func (r *run) meter() metric.Meter {
+	if r.env.Meter == nil {
+		return noop.NewMeterProvider().Meter(Name)
 	}
-	seq, data, err := r.replica.encode(r.streamCreated)
-	if err != nil {
-		return fmt.Errorf("journal: encode checkpoint: %w", err)
-	}
-	if err := writeCheckpoint(r.env.DataDir, data); err != nil {
-		return fmt.Errorf("journal: write checkpoint: %w", err)
-	}
-	r.saved = seq
-	return nil
+	return r.env.Meter
 }
 
 func (r *run) instrument() error {
-	meter := r.env.Meter
-	if meter == nil {
-		meter = noop.NewMeterProvider().Meter(Name)
-	}
+	meter := r.meter()
 	var errs []error
 	counter := func(name, desc string) metric.Int64Counter {
-		c, err := meter.Int64Counter(name, metric.WithDescription(desc))
+		c, err := meter.Int64Counter(name, metric.WithUnit("{fact}"), metric.WithDescription(desc))
 		errs = append(errs, err)
 		return c
 	}
-	r.folded = counter("journal.facts.folded", "facts folded into documents")
-	r.malformed = counter("journal.facts.malformed", "JOURNAL messages that are not an accepted fact and were skipped")
-	return errors.Join(errs...)
+	r.folded = counter("factsync.journal.facts.folded", "facts folded into documents, by partition")
+	r.malformed = counter("factsync.journal.facts.malformed", "JOURNAL messages that are not an accepted fact and were skipped")
+	lag, err := meter.Float64ObservableGauge("factsync.journal.fold.lag", metric.WithUnit("s"),
+		metric.WithDescription("time from JOURNAL storing a fact to this replica folding it, for the last fact folded, by partition"))
+	errs = append(errs, err)
+	owned, err := meter.Int64ObservableGauge("factsync.journal.partitions.owned", metric.WithUnit("{partition}"),
+		metric.WithDescription("partitions this replica answers for"))
+	errs = append(errs, err)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	_, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		r.parts.mu.RLock()
+		defer r.parts.mu.RUnlock()
+		n := int64(0)
+		for _, part := range r.parts.active {
+			if part.serving {
+				n++
+				o.ObserveFloat64(lag, part.lag.Seconds(), metric.WithAttributes(attribute.String("partition", strconv.Itoa(part.num))))
+			}
+		}
+		o.ObserveInt64(owned, n)
+		return nil
+	}, lag, owned)
+	return err
 }
 
 func (r *run) logger() *slog.Logger {

@@ -10,22 +10,33 @@ import (
 	"github.com/factsync/factsync/shared/fold"
 	"github.com/factsync/factsync/shared/query"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
-// serve subscribes the request handlers on fs.svc.journal.<op>.*, in queue
-// group "journal". The guard has already checked that the caller may read
-// the request's collection of the authority in the subject.
+// serve subscribes the request handlers on fs.svc.journal.<op>.*. Every
+// replica receives every request (no queue group) and only the one that
+// serves the authority's partition answers, so requests reach the owner
+// without a forwarding hop or another subject. The guard has already
+// checked that the caller may read the request's collection of the
+// authority in the subject.
 func (r *run) serve() ([]*nats.Subscription, error) {
-	handlers := map[string]func(auth events.AuthorityID, body []byte) (any, error){
+	handlers := map[string]func(part *partition, auth events.AuthorityID, body []byte) (any, error){
 		events.OpGet:   r.get,
 		events.OpQuery: r.query,
 		events.OpCount: r.count,
 	}
 	var subs []*nats.Subscription
 	for op, handle := range handlers {
-		sub, err := r.env.Conn.QueueSubscribe(events.ServiceSubject(events.JournalProto, op, "*"), Name, func(m *nats.Msg) {
-			reply, err := handleRequest(m, handle)
+		sub, err := r.env.Conn.Subscribe(events.ServiceSubject(events.JournalProto, op, "*"), func(m *nats.Msg) {
+			addr, err := events.ParseAPISubject(events.ServicePrefix, m.Subject)
+			if err != nil {
+				respond(m, nil, err) // no one owns a malformed subject
+				return
+			}
+			part := r.parts.serving(addr.Authority)
+			if part == nil {
+				return // another replica answers
+			}
+			reply, err := handle(part, addr.Authority, m.Data)
 			respond(m, reply, err)
 		})
 		if err != nil {
@@ -37,14 +48,6 @@ func (r *run) serve() ([]*nats.Subscription, error) {
 		subs = append(subs, sub)
 	}
 	return subs, nil
-}
-
-func handleRequest(m *nats.Msg, handle func(events.AuthorityID, []byte) (any, error)) (any, error) {
-	addr, err := events.ParseAPISubject(events.ServicePrefix, m.Subject)
-	if err != nil {
-		return nil, err
-	}
-	return handle(addr.Authority, m.Data)
 }
 
 func respond(m *nats.Msg, reply any, err error) {
@@ -73,7 +76,7 @@ func decodeRequest(body []byte, v any) error {
 	return nil
 }
 
-func (r *run) get(auth events.AuthorityID, body []byte) (any, error) {
+func (r *run) get(part *partition, auth events.AuthorityID, body []byte) (any, error) {
 	var req events.GetRequest
 	if err := decodeRequest(body, &req); err != nil {
 		return nil, err
@@ -88,7 +91,7 @@ func (r *run) get(auth events.AuthorityID, body []byte) (any, error) {
 		doc   events.Document
 		found bool
 	)
-	r.replica.read(auth, req.Collection, func(st *fold.State, _ *query.Index) {
+	part.state.read(auth, req.Collection, func(st *fold.State, _ *query.Index) {
 		if st != nil {
 			doc, found = st.Get(req.Collection, req.ID)
 		}
@@ -99,7 +102,7 @@ func (r *run) get(auth events.AuthorityID, body []byte) (any, error) {
 	return events.GetReply{Document: doc}, nil
 }
 
-func (r *run) query(auth events.AuthorityID, body []byte) (any, error) {
+func (r *run) query(part *partition, auth events.AuthorityID, body []byte) (any, error) {
 	var req events.QueryRequest
 	if err := decodeRequest(body, &req); err != nil {
 		return nil, err
@@ -109,7 +112,7 @@ func (r *run) query(auth events.AuthorityID, body []byte) (any, error) {
 		return nil, err
 	}
 	reply := events.QueryReply{Documents: []events.Document{}}
-	reply.Seq = r.replica.read(auth, q.Collection, func(st *fold.State, ix *query.Index) {
+	reply.Seq = part.state.read(auth, q.Collection, func(st *fold.State, ix *query.Index) {
 		if st != nil {
 			reply.Documents, reply.NextCursor = q.Page(st, ix)
 		}
@@ -117,7 +120,7 @@ func (r *run) query(auth events.AuthorityID, body []byte) (any, error) {
 	return reply, nil
 }
 
-func (r *run) count(auth events.AuthorityID, body []byte) (any, error) {
+func (r *run) count(part *partition, auth events.AuthorityID, body []byte) (any, error) {
 	var req events.CountRequest
 	if err := decodeRequest(body, &req); err != nil {
 		return nil, err
@@ -127,7 +130,7 @@ func (r *run) count(auth events.AuthorityID, body []byte) (any, error) {
 		return nil, err
 	}
 	var reply events.CountReply
-	reply.Seq = r.replica.read(auth, q.Collection, func(st *fold.State, ix *query.Index) {
+	reply.Seq = part.state.read(auth, q.Collection, func(st *fold.State, ix *query.Index) {
 		if st != nil {
 			reply.Count = q.Count(st, ix)
 		}
@@ -138,12 +141,10 @@ func (r *run) count(auth events.AuthorityID, body []byte) (any, error) {
 // announce publishes each visible change on core NATS, carrying on the
 // trace of the JOURNAL message that caused it. Observers that miss one
 // resynchronise with a query, so a failed publish is not retried.
-func (r *run) announce(ctx context.Context, batch []jetstream.Msg, changes []change) {
-	traces := map[uint64]nats.Header{}
-	for _, m := range batch {
-		if meta, err := m.Metadata(); err == nil && m.Headers() != nil {
-			traces[meta.Sequence.Stream] = m.Headers()
-		}
+func (r *run) announce(ctx context.Context, facts []fact, changes []change) {
+	traces := make(map[uint64]nats.Header, len(facts))
+	for _, f := range facts {
+		traces[f.seq] = f.msg.Headers()
 	}
 	for _, c := range changes {
 		doc := c.change.After
