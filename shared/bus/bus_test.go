@@ -210,6 +210,15 @@ func TestConsumerMustBeNamedAfterService(t *testing.T) {
 	}
 }
 
+func TestRouterWithoutHandlersStopsOnCancel(t *testing.T) {
+	h := bustest.Start(t, bus.EmbeddedConfig{})
+	router, err := bus.NewRouter(ctxT(t), bus.RouterConfig{Service: "ota", Conn: h.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runRouter(t, router) // its cleanup cancels and waits for Run
+}
+
 func TestAcknowledgedMessagesSurviveRestart(t *testing.T) {
 	ctx := ctxT(t)
 	h := bustest.Start(t, bus.EmbeddedConfig{})

@@ -206,12 +206,31 @@ func (r *Router) Handle(consumer, topic string, h HandlerFunc) error {
 	return nil
 }
 
-// Running is closed once every handler is consuming.
-func (r *Router) Running() <-chan struct{} { return r.router.Running() }
+// Running is closed once every handler is consuming (at once for a router
+// without handlers).
+func (r *Router) Running() <-chan struct{} {
+	if r.idle() {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	return r.router.Running()
+}
+
+func (r *Router) idle() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.subscribers) == 0
+}
 
 // Run consumes until ctx is cancelled, then waits (up to CloseTimeout) for
 // in-flight handlers and closes the consumers' connections.
 func (r *Router) Run(ctx context.Context) error {
+	if r.idle() {
+		// watermill's router with no handlers waits for Close, not ctx.
+		<-ctx.Done()
+		return nil
+	}
 	err := r.router.Run(ctx)
 	if err != nil {
 		err = fmt.Errorf("bus: router of %s: %w", r.cfg.Service, err)
