@@ -16,7 +16,7 @@ import (
 // startDev runs `factsync dev` in-process on free ports and waits until its
 // context file names a ready stack. Cancelling the returned function stops
 // it and returns its exit code.
-func startDev(t *testing.T) (stackContext, func() int) {
+func startDev(t *testing.T) (devStack, func() int) {
 	t.Helper()
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -39,7 +39,7 @@ func startDev(t *testing.T) (stackContext, func() int) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if sc, err := readContext(ctxFile); err == nil && readyz(sc.HTTPURL) == http.StatusOK {
-			return sc, stop
+			return devStack{sc, ctxFile}, stop
 		}
 		select {
 		case code := <-exit:
@@ -54,6 +54,13 @@ func startDev(t *testing.T) (stackContext, func() int) {
 	}
 }
 
+// devStack is a running dev stack's context and the file it is in.
+type devStack struct {
+	stackContext
+	contextFile string
+}
+
+// readyz returns the status code of base's /readyz, 0 when unreachable.
 func readyz(base string) int {
 	resp, err := http.Get(base + "/readyz")
 	if err != nil {
