@@ -39,6 +39,10 @@ type verdict struct {
 	// tokens holds, by hash, the tokens the accepted facts cite.
 	tokens  map[string][]byte
 	denials []*eventsv1.Denial
+	// retry is set when a check could not run (the policy failed to
+	// evaluate, or the guard is stopping): the message must be decided
+	// again later, and nothing in this verdict may be recorded.
+	retry error
 }
 
 // check runs every fact of the INGRESS message through, in order: decode,
@@ -103,6 +107,9 @@ func (c *checker) check(ctx context.Context, subject string, data []byte, now ti
 			if ferr == nil {
 				ferr = c.checkFact(ctx, subject, f, now)
 			}
+			if transient(ferr) {
+				return verdict{retry: ferr}
+			}
 			if ferr != nil {
 				deny(ferr, f, f.Marshal())
 				continue
@@ -143,6 +150,16 @@ func verifySignatures(facts []*events.Fact, errs []error) {
 		wg.Go(func() { verify(lo, min(lo+per, len(facts))) })
 	}
 	wg.Wait()
+}
+
+// transient reports whether err says a check could not run, rather than
+// that the fact fails it.
+func transient(err error) bool {
+	switch events.ReasonOf(err) {
+	case events.ReasonInternal, events.ReasonUnavailable:
+		return true
+	}
+	return false
 }
 
 // verifyToken checks that token grants f's device write on f's

@@ -5,6 +5,8 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -267,4 +269,42 @@ func TestTraceContextReachesJournal(t *testing.T) {
 			t.Errorf("%s message has traceparent %q, want trace %s", filter, got, traceID)
 		}
 	}
+}
+
+// TestBrokenPolicyRetriesInsteadOfDenying: when the policy cannot decide
+// (here it yields a string instead of a set), the fact is neither denied
+// nor accepted; INGRESS keeps redelivering it until a fixed policy is
+// loaded, which then accepts it.
+func TestBrokenPolicyRetriesInsteadOfDenying(t *testing.T) {
+	dir := policyDir(t, func(map[string]any) {})
+	broken := []byte("package factsync.guard\n\ndeny := \"not a set\"\n")
+	if err := os.WriteFile(filepath.Join(dir, "guard.rego"), broken, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	g := startGuard(t, Config{PolicyDir: dir, PolicyReloadInterval: time.Second})
+	d := newDevice(t, testNow.Add(time.Hour), "notes:write")
+	g.publish(t, d.auth(), batch([][]byte{d.token}, d.fact(t, "notes", "waits", d.token)))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	eventually(t, 20*time.Second, "the message redelivered", func() bool {
+		c, err := g.h.JS.Consumer(ctx, events.StreamIngress, Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := c.Info(ctx)
+		return err == nil && info.NumRedelivered > 0
+	})
+	if n := streamMsgs(t, g.h.JS, events.StreamDenied, events.DeniedPrefix+".>"); n != 0 {
+		t.Fatalf("a fact was denied because the policy could not decide (%d denials)", n)
+	}
+	if n := streamMsgs(t, g.h.JS, events.StreamJournal, events.JournalPrefix+".>"); n != 0 {
+		t.Fatalf("a fact was accepted without a policy decision")
+	}
+
+	writePolicy(t, dir, func(map[string]any) {})
+	eventually(t, 20*time.Second, "the fact accepted under the fixed policy", func() bool {
+		g.clock.Advance(time.Second)
+		return streamMsgs(t, g.h.JS, events.StreamJournal, events.JournalPrefix+".>") == 1
+	})
 }

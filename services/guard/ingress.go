@@ -103,6 +103,7 @@ func (g *running) decide(ctx context.Context, group []jetstream.Msg) {
 		tokens   = map[string][]byte{}
 		denials  []tracedDenial
 		spans    []trace.Span
+		decided  []jetstream.Msg
 	)
 	for _, m := range group {
 		mctx, span := g.tracer.Start(bus.ExtractTrace(ctx, m.Headers()), "guard.decide",
@@ -112,6 +113,15 @@ func (g *running) decide(ctx context.Context, group []jetstream.Msg) {
 		bus.InjectTrace(mctx, traceHeader)
 
 		v := g.check.check(mctx, m.Subject(), m.Data(), start)
+		if v.retry != nil {
+			if ctx.Err() == nil {
+				g.log.Error("cannot decide an INGRESS message; it will be redelivered", "subject", m.Subject(), "err", v.retry)
+			}
+			span.SetStatus(codes.Error, v.retry.Error())
+			_ = m.NakWithDelay(retryDelay)
+			continue
+		}
+		decided = append(decided, m)
 		for _, f := range v.accepted {
 			accepted = append(accepted, journalEntry{fact: f, trace: traceHeader})
 		}
@@ -132,8 +142,10 @@ func (g *running) decide(ctx context.Context, group []jetstream.Msg) {
 		if ctx.Err() == nil {
 			g.log.Error("cannot make decisions durable; INGRESS will redeliver", "step", what, "err", err, "messages", len(group))
 		}
-		for i, m := range group {
-			spans[i].SetStatus(codes.Error, err.Error())
+		for _, span := range spans {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		for _, m := range decided {
 			_ = m.NakWithDelay(retryDelay)
 		}
 	}
@@ -150,7 +162,7 @@ func (g *running) decide(ctx context.Context, group []jetstream.Msg) {
 		retry("denied", err)
 		return
 	}
-	for _, m := range group {
+	for _, m := range decided {
 		_ = m.Ack()
 	}
 	reasons := make([]events.Reason, len(denials))
