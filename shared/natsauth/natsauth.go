@@ -73,7 +73,9 @@ func guardOnly() []string {
 	for _, s := range api {
 		subs = append(subs, "$JS.API."+s, "$JS.*.API."+s)
 	}
-	return append(subs, "$JS.ACK."+events.StreamIngress+".>", "$KV."+events.RevocationBucket+".>")
+	// Acks come as $JS.ACK.<stream>... (v1) or $JS.ACK.<domain>.<account hash>.<stream>... (v2).
+	return append(subs, "$JS.ACK."+events.StreamIngress+".>", "$JS.ACK.*.*."+events.StreamIngress+".>",
+		"$KV."+events.RevocationBucket+".>")
 }
 
 // Permissions returns what a user of role may do.

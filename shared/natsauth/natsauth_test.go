@@ -163,6 +163,7 @@ func TestServicesCannotBypassTheGuard(t *testing.T) {
 		"$JS.API.CONSUMER.MSG.NEXT.INGRESS.guard",
 		"$JS.API.CONSUMER.DURABLE.CREATE.INGRESS.thief",
 		"$JS.ACK.INGRESS.guard.1.1.1.1.1",
+		"$JS.ACK.hub.ACCHASH.INGRESS.guard.1.1.1.1.1.1",
 		"$KV." + events.RevocationBucket + ".someauthority.someid",
 	} {
 		if err := nc.Publish(subject, nil); err != nil {
