@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/shared/backlog"
 	"github.com/factsync/factsync/shared/bus"
 	"github.com/factsync/factsync/shared/capability"
 	"github.com/factsync/factsync/shared/clock"
@@ -113,6 +114,8 @@ func (s *Service) Streams() []jetstream.StreamConfig {
 
 // Run serves until ctx is cancelled.
 func (s *Service) Run(ctx context.Context, env *service.Env) error {
+	e := *env // fill in defaults without touching the runner's Env
+	env = &e
 	if env.Clock == nil {
 		env.Clock = clock.Real{}
 	}
@@ -172,6 +175,9 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	if err != nil {
 		return err
 	}
+	wg.Go(func() {
+		_ = backlog.Watch(ctx, env.Meter, env.Clock, 0, log, backlog.Durable(env.JS, events.StreamIngress, Name))
+	})
 	if env.Ready != nil {
 		env.Ready()
 	}

@@ -131,7 +131,7 @@ func (g *running) decide(ctx context.Context, group []jetstream.Msg) {
 		for _, d := range v.denials {
 			denials = append(denials, tracedDenial{denial: d, trace: traceHeader})
 		}
-		span.SetAttributes(attribute.Int("factsync.accepted", len(v.accepted)), attribute.Int("factsync.denied", len(v.denials)))
+		span.SetAttributes(decisionAttributes(m.Subject(), v)...)
 	}
 	defer func() {
 		for _, span := range spans {
