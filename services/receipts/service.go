@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/shared/backlog"
 	"github.com/factsync/factsync/shared/bus"
 	"github.com/factsync/factsync/shared/service"
 	"github.com/nats-io/nats.go/jetstream"
@@ -175,6 +176,10 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 		func(ctx context.Context) error { return r.consume(ctx, cons) },
 		r.checkpointLoop,
 		func(ctx context.Context) error { return r.witnessLoop(ctx, witnesses) },
+		r.observeLag,
+		func(ctx context.Context) error {
+			return backlog.Watch(ctx, env.Meter, env.Clock, 0, r.logger(), backlog.Durable(env.JS, events.StreamJournal, Name))
+		},
 	} {
 		wg.Go(func() {
 			if err := loop(ctx); err != nil {
@@ -202,11 +207,11 @@ func (r *run) instrument() error {
 		errs = append(errs, err)
 		return c
 	}
-	r.appended = counter("receipts.appended", "facts appended to the receipts log")
-	r.checkpoints = counter("receipts.checkpoints", "checkpoints signed")
-	r.malformed = counter("receipts.malformed", "JOURNAL messages that are not an accepted fact and were skipped")
-	r.forks = counter("receipts.forks", "ALERT: forks detected, a watched peer signed two inconsistent checkpoints")
-	r.cosigned = counter("receipts.cosigned", "checkpoints of watched peers verified consistent and co-signed")
+	r.appended = counter("factsync.receipts.appended", "facts appended to the receipts log")
+	r.checkpoints = counter("factsync.receipts.checkpoints", "checkpoints signed")
+	r.malformed = counter("factsync.receipts.malformed", "JOURNAL messages that are not an accepted fact and were skipped")
+	r.forks = counter("factsync.receipts.forks", "ALERT: forks detected, a watched peer signed two inconsistent checkpoints")
+	r.cosigned = counter("factsync.receipts.cosigned", "checkpoints of watched peers verified consistent and co-signed")
 	return errors.Join(errs...)
 }
 
@@ -283,6 +288,7 @@ func (r *run) consume(ctx context.Context, cons jetstream.Consumer) error {
 // they are durable.
 func (r *run) appendBatch(ctx context.Context, batch []jetstream.Msg) error {
 	leaves := make([]Leaf, 0, len(batch))
+	sources := make([]jetstream.Msg, 0, len(batch))
 	for _, m := range batch {
 		leaf, err := leafOf(m)
 		if err != nil {
@@ -293,9 +299,11 @@ func (r *run) appendBatch(ctx context.Context, batch []jetstream.Msg) error {
 			_ = m.Term()
 			continue
 		}
-		leaves = append(leaves, leaf)
+		leaves, sources = append(leaves, leaf), append(sources, m)
 	}
+	spans := r.appendSpans(ctx, sources, leaves)
 	n, err := r.log.Append(leaves)
+	endSpans(spans, err)
 	if err != nil {
 		return fmt.Errorf("receipts: append to log: %w", err)
 	}

@@ -388,8 +388,8 @@ func TestWitnessPublishesForkEvidence(t *testing.T) {
 	if err := VerifyConsistency([]byte(ev.Older), []byte(ev.Newer), ev.Proof, p.pub()); !events.IsReason(err, events.ReasonBadProof) {
 		t.Fatalf("the evidence does not show an inconsistency: %v", err)
 	}
-	if got := counterValue(t, w.meter, "receipts.forks"); got != 1 {
-		t.Fatalf("receipts.forks = %d, want 1", got)
+	if got := counterValue(t, w.meter, "factsync.receipts.forks"); got != 1 {
+		t.Fatalf("factsync.receipts.forks = %d, want 1", got)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
 )
 
 // MetricName is the gauge's OTel name (Prometheus: factsync_nats_consumer_pending).
@@ -56,6 +57,9 @@ func Watch(ctx context.Context, meter metric.Meter, clk clock.Clock, interval ti
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if meter == nil {
+		meter = noop.NewMeterProvider().Meter("backlog")
 	}
 	var (
 		mu   sync.Mutex
