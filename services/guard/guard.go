@@ -167,13 +167,13 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 		}
 	}()
 
-	var wg sync.WaitGroup
-	if s.cfg.PolicyDir != "" {
-		wg.Go(func() { s.reloadPolicy(ctx, env.Clock, log) })
-	}
 	ingress, err := g.startIngress(ctx)
 	if err != nil {
 		return err
+	}
+	var wg sync.WaitGroup
+	if s.cfg.PolicyDir != "" {
+		wg.Go(func() { s.reloadPolicy(ctx, env.Clock, log) })
 	}
 	wg.Go(func() {
 		_ = backlog.Watch(ctx, env.Meter, env.Clock, 0, log, backlog.Durable(env.JS, events.StreamIngress, Name))
