@@ -26,6 +26,8 @@ import (
 	"github.com/factsync/factsync/shared/clock"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Options says how to reach factsync.
@@ -50,6 +52,10 @@ type Options struct {
 	// PresenceTimeout is how long a silent peer stays connected; it is
 	// lost after three times as long. Default 15s.
 	PresenceTimeout time.Duration
+	// TracerProvider traces each INGRESS batch as a child of the writing
+	// call's span, and the trace continues through the guard, JOURNAL,
+	// the journal and receipts. Default: the otel global provider.
+	TracerProvider trace.TracerProvider
 }
 
 func (o Options) withDefaults() Options {
@@ -64,6 +70,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.PresenceTimeout <= 0 {
 		o.PresenceTimeout = 15 * time.Second
+	}
+	if o.TracerProvider == nil {
+		o.TracerProvider = otel.GetTracerProvider()
 	}
 	return o
 }
@@ -147,7 +156,7 @@ func (b *Backend) Initialize(ctx context.Context, cfg sdk.Config) error {
 	runCtx, cancel := context.WithCancel(context.Background())
 	b.cfg, b.clock, b.signer, b.nc, b.ownConn, b.cancel = cfg, cfg.TimeSource(), signer, nc, own, cancel
 	b.changes = changes
-	b.publisher = newPublisher(js, signer, b.opts.Publishers)
+	b.publisher = newPublisher(js, signer, b.opts.Publishers, b.opts.TracerProvider.Tracer("github.com/factsync/factsync/sdk/natsbackend"))
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()

@@ -10,6 +10,9 @@ import (
 	"github.com/factsync/factsync/shared/bus"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -22,6 +25,7 @@ type publisher struct {
 	signer  *sdk.Signer
 	workers int
 	queue   chan *publishJob
+	tracer  trace.Tracer
 }
 
 type publishJob struct {
@@ -30,8 +34,8 @@ type publishJob struct {
 	done  chan error
 }
 
-func newPublisher(js jetstream.JetStream, signer *sdk.Signer, workers int) *publisher {
-	return &publisher{js: js, signer: signer, workers: workers, queue: make(chan *publishJob, 4*events.MaxBatchFacts)}
+func newPublisher(js jetstream.JetStream, signer *sdk.Signer, workers int, tracer trace.Tracer) *publisher {
+	return &publisher{js: js, signer: signer, workers: workers, tracer: tracer, queue: make(chan *publishJob, 4*events.MaxBatchFacts)}
 }
 
 // publish stores facts in INGRESS, in as few batches as the limits allow.
@@ -83,7 +87,7 @@ func (p *publisher) work(ctx context.Context) {
 			case j := <-p.queue:
 				js := p.sizeOf(j.facts)
 				if n+len(j.facts) > events.MaxBatchFacts || size+js > events.MaxIngressMessage-len(p.signer.Token())-1024 {
-					err := p.send(ctx, j.facts)
+					err := p.send(ctx, []context.Context{j.ctx}, j.facts)
 					j.done <- err
 					continue
 				}
@@ -94,10 +98,12 @@ func (p *publisher) work(ctx context.Context) {
 			}
 		}
 		var facts []*events.Fact
-		for _, j := range jobs {
+		callers := make([]context.Context, len(jobs))
+		for i, j := range jobs {
 			facts = append(facts, j.facts...)
+			callers[i] = j.ctx
 		}
-		err := p.send(ctx, facts)
+		err := p.send(ctx, callers, facts)
 		for _, j := range jobs {
 			j.done <- err
 		}
@@ -115,8 +121,10 @@ func (p *publisher) sizeOf(facts []*events.Fact) int {
 // send publishes facts as one or more batches. Each batch's Nats-Msg-Id is
 // the hash of its fact ids, so a publish retried after a lost ack is
 // stored once; JetStream's publish retries on "no responders" while the
-// stream is starting.
-func (p *publisher) send(ctx context.Context, facts []*events.Fact) error {
+// stream is starting. callers are the contexts of the writes whose facts
+// these are: the first one's trace continues through the batch, the
+// others are linked to it.
+func (p *publisher) send(ctx context.Context, callers []context.Context, facts []*events.Fact) error {
 	for start := 0; start < len(facts); {
 		end, size := start, 0
 		for end < len(facts) && end-start < events.MaxBatchFacts {
@@ -127,7 +135,7 @@ func (p *publisher) send(ctx context.Context, facts []*events.Fact) error {
 			size += s
 			end++
 		}
-		if err := p.sendBatch(ctx, facts[start:end]); err != nil {
+		if err := p.sendBatch(ctx, callers, facts[start:end]); err != nil {
 			return err
 		}
 		start = end
@@ -135,12 +143,21 @@ func (p *publisher) send(ctx context.Context, facts []*events.Fact) error {
 	return nil
 }
 
-func (p *publisher) sendBatch(ctx context.Context, facts []*events.Fact) error {
+func (p *publisher) sendBatch(ctx context.Context, callers []context.Context, facts []*events.Fact) (err error) {
+	subject := events.IngressFactSubject(p.signer.Authority())
+	ctx, span := p.startSpan(ctx, callers, subject, facts)
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
 	body, err := proto.Marshal(p.signer.Batch(facts))
 	if err != nil {
 		return events.Wrap(events.ReasonInternal, err, "encode fact batch")
 	}
-	msg := nats.NewMsg(events.IngressFactSubject(p.signer.Authority()))
+	msg := nats.NewMsg(subject)
 	msg.Data = body
 	msg.Header.Set(events.HeaderMsgID, batchID(facts))
 	bus.InjectTrace(ctx, msg.Header)
@@ -148,6 +165,34 @@ func (p *publisher) sendBatch(ctx context.Context, facts []*events.Fact) error {
 		return events.Wrap(events.ReasonUnavailable, err, "publish fact batch to INGRESS")
 	}
 	return nil
+}
+
+// startSpan starts the producer span of one INGRESS batch. It is a child
+// of the first caller's span, linked to the other callers', and keeps the
+// worker's ctx for cancellation.
+func (p *publisher) startSpan(ctx context.Context, callers []context.Context, subject string, facts []*events.Fact) (context.Context, trace.Span) {
+	var links []trace.Link
+	for _, c := range callers[1:] {
+		if sc := trace.SpanContextFromContext(c); sc.IsValid() {
+			links = append(links, trace.Link{SpanContext: sc})
+		}
+	}
+	attrs := []attribute.KeyValue{
+		attribute.String("messaging.system", "nats"),
+		attribute.String("messaging.operation.type", "send"),
+		attribute.String("messaging.destination.name", subject),
+		events.AttrAuthority.String(string(p.signer.Authority())),
+		attribute.Int("messaging.batch.message_count", len(facts)),
+	}
+	if len(facts) == 1 {
+		attrs = append(attrs, events.FactAttributes(facts[0])...)
+	}
+	parent := ctx
+	if len(callers) > 0 {
+		parent = trace.ContextWithSpanContext(ctx, trace.SpanContextFromContext(callers[0]))
+	}
+	return p.tracer.Start(parent, "send "+events.IngressPrefix,
+		trace.WithSpanKind(trace.SpanKindProducer), trace.WithLinks(links...), trace.WithAttributes(attrs...))
 }
 
 // batchID names a batch by its facts: hex SHA-256 of their ids in order.

@@ -225,7 +225,7 @@ func (l *leases) step(ctx context.Context, p int, desired, owner string, rev uin
 		}
 		l.revisions[p] = newRev
 		if !part.isServing(ps) && ps.setServing(p, true) {
-			l.r.logger().Info("journal: serving partition handed over", "partition", p)
+			l.r.logger().Debug("journal: serving partition handed over", "partition", p)
 		}
 		return nil
 	case owner == "" && desired == l.id:
@@ -243,7 +243,7 @@ func (l *leases) step(ctx context.Context, p int, desired, owner string, rev uin
 		}
 		l.revisions[p] = newRev
 		ps.setServing(p, true)
-		l.r.logger().Info("journal: claimed partition", "partition", p)
+		l.r.logger().Debug("journal: claimed partition", "partition", p)
 		return nil
 	case desired == l.id:
 		// Another replica holds it; warm up so it can hand over.
