@@ -44,6 +44,43 @@ type User struct {
 	Name     string
 	Password string
 	Role     Role
+	// Authorities, for a client, scopes the user to those authorities:
+	// it may publish INGRESS batches and API requests, and watch document
+	// changes, only for them. A change carries the document, so an
+	// unscoped client (none listed) can read every authority's documents
+	// on fs.changes.>; scope every client that is not fully trusted.
+	Authorities []events.AuthorityID
+	// Peer, for a peer, is the PeerID the user speaks for: it may announce
+	// presence only as that peer. Unset, it may announce any peer.
+	Peer events.PeerID
+}
+
+// Permissions returns what u may do: its role's permissions, narrowed by
+// Authorities and Peer.
+func (u User) Permissions() (*server.Permissions, error) {
+	perms, err := Permissions(u.Role)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case u.Role == RoleClient && len(u.Authorities) > 0:
+		pub := []string{events.PeerPrefix + ".>", inbox}
+		sub := []string{inbox}
+		for _, a := range u.Authorities {
+			if err := a.Validate(); err != nil {
+				return nil, fmt.Errorf("natsauth: user %s: %w", u.Name, err)
+			}
+			pub = append(pub, events.IngressFactSubject(a), events.APISubject("*", "*", a))
+			sub = append(sub, events.ChangesPrefix+"."+string(a)+".>")
+		}
+		perms.Publish.Allow, perms.Subscribe.Allow = pub, sub
+	case u.Role == RolePeer && u.Peer != "":
+		if err := u.Peer.Validate(); err != nil {
+			return nil, fmt.Errorf("natsauth: user %s: %w", u.Name, err)
+		}
+		perms.Publish.Allow = []string{events.PeerPrefix + ".>", events.PresenceSubject(u.Peer), inbox}
+	}
+	return perms, nil
 }
 
 // inbox is where nats.go and the JetStream API address replies.
@@ -78,7 +115,7 @@ func guardOnly() []string {
 		"$KV."+events.RevocationBucket+".>")
 }
 
-// Permissions returns what a user of role may do.
+// Permissions returns what an unscoped user of role may do.
 func Permissions(role Role) (*server.Permissions, error) {
 	switch role {
 	case RoleGuard:
@@ -121,7 +158,7 @@ func Apply(users ...User) (func(*server.Options), error) {
 		if u.Name == "" || u.Password == "" {
 			return nil, fmt.Errorf("natsauth: user %q needs a name and a password", u.Name)
 		}
-		perms, err := Permissions(u.Role)
+		perms, err := u.Permissions()
 		if err != nil {
 			return nil, err
 		}
@@ -138,7 +175,7 @@ func ConfigFile(users ...User) (string, error) {
 	var b strings.Builder
 	b.WriteString("authorization {\n  users = [\n")
 	for _, u := range users {
-		perms, err := Permissions(u.Role)
+		perms, err := u.Permissions()
 		if err != nil {
 			return "", err
 		}

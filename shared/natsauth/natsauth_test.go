@@ -108,7 +108,12 @@ func TestClientCannotPublishToJournal(t *testing.T) {
 }
 
 func TestConfigFileMatchesPermissions(t *testing.T) {
-	text, err := natsauth.ConfigFile(append(users, natsauth.User{Name: "env", Password: "$ENV_PASSWORD", Role: natsauth.RoleClient})...)
+	all := append(append([]natsauth.User{}, users...),
+		natsauth.User{Name: "env", Password: "$ENV_PASSWORD", Role: natsauth.RoleClient},
+		natsauth.User{Name: "scoped", Password: "x", Role: natsauth.RoleClient, Authorities: []events.AuthorityID{"aaaaaaaaaaaaaaaaaaaaaaaaaa"}},
+		natsauth.User{Name: "site", Password: "y", Role: natsauth.RolePeer, Peer: "cccccccccccccccccccccccccc"},
+	)
+	text, err := natsauth.ConfigFile(all...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,12 +126,18 @@ func TestConfigFileMatchesPermissions(t *testing.T) {
 	if err != nil {
 		t.Fatalf("nats-server does not accept the rendered config: %v\n%s", err, text)
 	}
-	if len(opts.Users) != len(users)+1 {
-		t.Fatalf("config has %d users, want %d", len(opts.Users), len(users)+1)
+	if len(opts.Users) != len(all) {
+		t.Fatalf("config has %d users, want %d", len(opts.Users), len(all))
 	}
 	for i, u := range opts.Users {
-		want := append(users, natsauth.User{Name: "env", Password: "from-env", Role: natsauth.RoleClient})[i]
-		perms, _ := natsauth.Permissions(want.Role)
+		want := all[i]
+		if want.Name == "env" {
+			want.Password = "from-env"
+		}
+		perms, err := want.Permissions()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if u.Username != want.Name || u.Password != want.Password {
 			t.Errorf("user %d is %s/%s, want %s/%s", i, u.Username, u.Password, want.Name, want.Password)
 		}
@@ -183,4 +194,93 @@ func TestServicesCannotBypassTheGuard(t *testing.T) {
 	if _, err := nc.Request("$JS.API.INFO", nil, 10*time.Second); err != nil {
 		t.Fatalf("services user cannot use the JetStream API: %v", err)
 	}
+}
+
+// TestScopedUsers: a client scoped to an authority watches only that
+// authority's changes and writes only its INGRESS and API subjects; a peer
+// user announces presence only as its own peer.
+func TestScopedUsers(t *testing.T) {
+	const mine, theirs = events.AuthorityID("aaaaaaaaaaaaaaaaaaaaaaaaaa"), events.AuthorityID("bbbbbbbbbbbbbbbbbbbbbbbbbb")
+	const me, other = events.PeerID("cccccccccccccccccccccccccc"), events.PeerID("dddddddddddddddddddddddddd")
+	configure, err := natsauth.Apply(
+		natsauth.User{Name: "owner", Password: "o", Role: natsauth.RoleClient, Authorities: []events.AuthorityID{mine}},
+		natsauth.User{Name: "site", Password: "s", Role: natsauth.RolePeer, Peer: me},
+		natsauth.User{Name: "guard", Password: "g", Role: natsauth.RoleGuard},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1, Configure: configure})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+
+	type conn struct {
+		nc   *nats.Conn
+		errs chan error
+	}
+	dial := func(user, password string) conn {
+		c := conn{errs: make(chan error, 16)}
+		c.nc = bustest.Connect(t, ns.ClientURL(), nats.UserInfo(user, password),
+			nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { c.errs <- err }))
+		return c
+	}
+	owner, site, guard := dial("owner", "o"), dial("site", "s"), dial("guard", "g")
+
+	// refused requires the server to report a permissions violation for
+	// subject (the report arrives asynchronously).
+	refused := func(c conn, what, subject string) {
+		t.Helper()
+		select {
+		case err := <-c.errs:
+			if !strings.Contains(err.Error(), "Permissions Violation") || !strings.Contains(err.Error(), subject) {
+				t.Fatalf("%s %s: %v, want a permissions violation", what, subject, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s %s was not refused", what, subject)
+		}
+	}
+	// delivered requires a message published by from on subject to reach
+	// a subscription of to.
+	delivered := func(from, to conn, subject string) {
+		t.Helper()
+		sub, err := to.nc.SubscribeSync(subject)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = sub.Unsubscribe() }()
+		if err := to.nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if err := from.nc.Publish(subject, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sub.NextMsg(10 * time.Second); err != nil {
+			t.Fatalf("publish to %s did not arrive: %v", subject, err)
+		}
+	}
+
+	for _, subject := range []string{events.ChangesPrefix + ".>", events.ChangesPrefix + "." + string(theirs) + ".>"} {
+		if _, err := owner.nc.SubscribeSync(subject); err != nil {
+			t.Fatal(err)
+		}
+		refused(owner, "scoped client subscribe", subject)
+	}
+	delivered(guard, owner, events.ChangesSubject(mine, "notes", "doc1"))
+
+	for _, subject := range []string{events.IngressFactSubject(theirs), events.APISubject(events.JournalProto, "query", theirs)} {
+		if err := owner.nc.Publish(subject, nil); err != nil {
+			t.Fatal(err)
+		}
+		refused(owner, "scoped client publish", subject)
+	}
+	delivered(owner, guard, events.IngressFactSubject(mine))
+	delivered(owner, guard, events.APISubject(events.JournalProto, "query", mine))
+
+	if err := site.nc.Publish(events.PresenceSubject(other), nil); err != nil {
+		t.Fatal(err)
+	}
+	refused(site, "peer publish", events.PresenceSubject(other))
+	delivered(site, guard, events.PresenceSubject(me))
 }
