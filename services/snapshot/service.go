@@ -279,6 +279,9 @@ func (s *Service) Create(ctx context.Context, auth events.AuthorityID, cut uint3
 	if cut == 0 {
 		cut = uint32(now.Add(-s.cfg.Settle).Unix())
 	}
+	if int64(cut) > now.Unix() {
+		return events.SnapshotInfo{}, events.Errorf(events.ReasonMalformed, "cut %d is after this peer's clock (%d): facts before it may still be written", cut, now.Unix())
+	}
 	lease, err := s.fence.Acquire(ctx, auth)
 	if err != nil {
 		return events.SnapshotInfo{}, err
