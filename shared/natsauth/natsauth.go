@@ -53,7 +53,15 @@ type User struct {
 	// Peer, for a peer, is the PeerID the user speaks for: it may announce
 	// presence only as that peer. Unset, it may announce any peer.
 	Peer events.PeerID
+	// PrivateInbox, for a client or a peer, lets the user receive replies
+	// only on InboxPrefix(Name), so it cannot read replies meant for
+	// others on _INBOX.>. The user's connections must then set
+	// nats.CustomInboxPrefix(InboxPrefix(Name)).
+	PrivateInbox bool
 }
+
+// InboxPrefix is the reply-subject prefix of a user with PrivateInbox.
+func InboxPrefix(user string) string { return "_INBOX_" + user }
 
 // Permissions returns what u may do: its role's permissions, narrowed by
 // Authorities and Peer.
@@ -79,6 +87,16 @@ func (u User) Permissions() (*server.Permissions, error) {
 			return nil, fmt.Errorf("natsauth: user %s: %w", u.Name, err)
 		}
 		perms.Publish.Allow = []string{events.PeerPrefix + ".>", events.PresenceSubject(u.Peer), inbox}
+	}
+	if u.PrivateInbox && (u.Role == RoleClient || u.Role == RolePeer) {
+		if strings.ContainsAny(u.Name, ".*> \t") {
+			return nil, fmt.Errorf("natsauth: user %q cannot have a private inbox: the name is not a subject token", u.Name)
+		}
+		for i, s := range perms.Subscribe.Allow {
+			if s == inbox {
+				perms.Subscribe.Allow[i] = InboxPrefix(u.Name) + ".>"
+			}
+		}
 	}
 	return perms, nil
 }

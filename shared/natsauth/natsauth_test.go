@@ -284,3 +284,46 @@ func TestScopedUsers(t *testing.T) {
 	refused(site, "peer publish", events.PresenceSubject(other))
 	delivered(site, guard, events.PresenceSubject(me))
 }
+
+// TestPrivateInbox: a user with a private inbox gets replies on its own
+// prefix and cannot listen to everyone's.
+func TestPrivateInbox(t *testing.T) {
+	configure, err := natsauth.Apply(
+		natsauth.User{Name: "app", Password: "a", Role: natsauth.RoleClient, PrivateInbox: true},
+		natsauth.User{Name: "guard", Password: "g", Role: natsauth.RoleGuard},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1, Configure: configure})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	guard := bustest.Connect(t, ns.ClientURL(), nats.UserInfo("guard", "g"))
+	if _, err := guard.Subscribe(events.APIPrefix+".>", func(m *nats.Msg) { _ = m.Respond([]byte("answer")) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := guard.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	errs := make(chan error, 4)
+	app := bustest.Connect(t, ns.ClientURL(), nats.UserInfo("app", "a"), nats.CustomInboxPrefix(natsauth.InboxPrefix("app")),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
+	reply, err := app.Request(events.APISubject("journal", "query", "aaaaaaaaaaaaaaaaaaaaaaaaaa"), nil, 10*time.Second)
+	if err != nil || string(reply.Data) != "answer" {
+		t.Fatalf("request with a private inbox: %v", err)
+	}
+	if _, err := app.SubscribeSync("_INBOX.>"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errs:
+		if !strings.Contains(err.Error(), "Permissions Violation") {
+			t.Fatalf("subscribe to _INBOX.>: %v, want a permissions violation", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a private-inbox user may listen to every reply")
+	}
+}
