@@ -51,6 +51,9 @@ type Stack struct {
 	Ops   *nats.Conn
 	OpsJS jetstream.JetStream
 	Peer  events.PeerID
+	// Runner runs the guard and the journal; its Status shows a service
+	// that failed or panicked.
+	Runner *runner.Runner
 }
 
 // Start runs the stack for the duration of the test, with the guard
@@ -103,6 +106,7 @@ func Start(t testing.TB, cfg guard.Config) *Stack {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("services not ready: %+v", r.Status())
 	}
+	s.Runner = r
 	return s
 }
 
