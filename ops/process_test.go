@@ -144,7 +144,8 @@ func (p *process) waitReady(t *testing.T, within time.Duration) {
 	})
 }
 
-// metric sums the samples of a Prometheus metric family on /metrics.
+// metric sums the samples of a Prometheus metric family on /metrics; -1
+// when the process does not report it.
 func (p *process) metric(t *testing.T, name string) float64 {
 	t.Helper()
 	resp, err := client.Get("http://" + p.http + "/metrics")
@@ -153,7 +154,7 @@ func (p *process) metric(t *testing.T, name string) float64 {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	var sum float64
+	sum, found := 0.0, false
 	sc := bufio.NewScanner(bytes.NewReader(body))
 	for sc.Scan() {
 		line := sc.Text()
@@ -162,8 +163,11 @@ func (p *process) metric(t *testing.T, name string) float64 {
 		}
 		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
 		if err == nil {
-			sum += v
+			sum, found = sum+v, true
 		}
+	}
+	if !found {
+		return -1
 	}
 	return sum
 }

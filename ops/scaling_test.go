@@ -128,7 +128,10 @@ func TestTwoGuardsAndTwoJournalsAsProcesses(t *testing.T) {
 	write(t, devices, 1, perRound)
 	eventually(t, 20*time.Second, "every authority answered with its facts", allAnswered(t, devices, perRound))
 	for _, g := range guards {
-		if n := g.metric(t, "factsync_guard_accepted_total"); n == 0 {
+		if n := g.metric(t, "factsync_nats_consumer_pending"); n < 0 {
+			t.Errorf("%s reports no INGRESS backlog", g.name)
+		}
+		if n := g.metric(t, "factsync_guard_accepted_total"); n <= 0 {
 			t.Errorf("%s accepted no fact: the guards do not share INGRESS", g.name)
 		} else {
 			t.Logf("%s accepted %v facts", g.name, n)
@@ -137,7 +140,10 @@ func TestTwoGuardsAndTwoJournalsAsProcesses(t *testing.T) {
 	for _, j := range journals {
 		owned, folded := j.metric(t, "factsync_journal_partitions_owned"), j.metric(t, "factsync_journal_facts_folded_total")
 		t.Logf("%s owns %v partitions, folded %v facts", j.name, owned, folded)
-		if owned != partitions/2 || folded == 0 {
+		if j.metric(t, "factsync_journal_fold_lag_seconds") < 0 || j.metric(t, "factsync_nats_consumer_pending") < 0 {
+			t.Errorf("%s reports no fold lag or JOURNAL backlog", j.name)
+		}
+		if owned != partitions/2 || folded <= 0 {
 			t.Errorf("%s owns %v partitions and folded %v facts: the journals do not share the work", j.name, owned, folded)
 		}
 	}
