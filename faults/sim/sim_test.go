@@ -16,7 +16,7 @@ import (
 
 var (
 	seedFlag  = flag.Int64("seed", -1, "replay only this seed")
-	seedsFlag = flag.Int("seeds", 0, "how many seeds TestSim runs (default 1000, -long 20000)")
+	seedsFlag = flag.Int("seeds", 0, "how many seeds TestSim runs (default 1000, -long 5000)")
 	fromFlag  = flag.Uint64("seed-from", 1, "first seed TestSim runs")
 	longFlag  = flag.Bool("long", false, "long run: more seeds, more peers and facts (also FACTSYNC_LONG=1)")
 	foldFlag  = flag.String("fold", "real", "fold the peers run: real, or flipped (the injected tie-break bug)")
@@ -52,7 +52,7 @@ func seeds() []uint64 {
 	if n <= 0 {
 		n = 1000
 		if long() {
-			n = 20000
+			n = 5000
 		}
 	}
 	out := make([]uint64, n)
