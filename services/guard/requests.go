@@ -51,13 +51,13 @@ func RequestRight(proto, op string, body []byte) (capability.Right, error) {
 	case "snapshot":
 		return whole(capability.OpSnapshot)
 	case "ota":
-		switch op {
-		case "propose":
-			return whole(capability.OpOTAPropose)
-		case "approve":
-			return whole(capability.OpOTAApprove)
+		// The OTA contract names each operation's right; an operation it
+		// does not name is refused rather than given a default.
+		right, ok := events.OTARights[op]
+		if !ok {
+			return capability.Right{}, events.Errorf(events.ReasonNotFound, "the ota protocol has no operation %q", op)
 		}
-		return whole(capability.OpRead)
+		return whole(capability.Op(right))
 	case "receipts":
 		return whole(capability.OpRead)
 	}
