@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -69,7 +70,7 @@ type BenchResult struct {
 
 // Bench times a new peer converging from a snapshot against the same peer
 // replaying every fact, in one run.
-func Bench(ctx context.Context, cfg BenchConfig) (BenchResult, error) {
+func Bench(ctx context.Context, cfg BenchConfig) (res BenchResult, err error) {
 	if cfg.Facts <= 0 {
 		cfg.Facts = 20000
 	}
@@ -91,15 +92,19 @@ func Bench(ctx context.Context, cfg BenchConfig) (BenchResult, error) {
 	defer cancel()
 	rng := rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x5eed))
 	docs := max(cfg.Facts/cfg.HistoryPerLive, 1)
-	w, history, err := benchHistory(rng, cfg.Facts, docs)
-	if err != nil {
-		return BenchResult{}, err
+	w, history, herr := benchHistory(rng, cfg.Facts, docs)
+	if herr != nil {
+		return res, herr
 	}
 	cut := history[int(float64(len(history))*(1-cfg.AfterCut))].HLC.Seconds()
-	res := BenchResult{Facts: cfg.Facts, Documents: docs, GOMAXPROCS: runtime.GOMAXPROCS(0)}
+	res = BenchResult{Facts: cfg.Facts, Documents: docs, GOMAXPROCS: runtime.GOMAXPROCS(0)}
 
 	peers := &benchPeers{rng: rng, dir: cfg.StoreDir}
-	defer peers.stop()
+	defer func() {
+		if stopErr := peers.stop(); err == nil {
+			err = stopErr
+		}
+	}()
 	src, err := peers.start(ctx, "source", true)
 	if err != nil {
 		return res, err
@@ -289,13 +294,18 @@ func (ps *benchPeers) start(ctx context.Context, name string, withSnapshot bool)
 	return p, nil
 }
 
-func (ps *benchPeers) stop() {
+// stop stops every peer. The measurement is over by then, so a service's
+// error on the way down is reported but changes no figure.
+func (ps *benchPeers) stop() error {
+	var errs []error
 	for _, p := range ps.peers {
 		if p.cancel != nil {
 			p.cancel()
 		}
 		for _, d := range p.done {
-			<-d
+			if err := <-d; err != nil {
+				errs = append(errs, fmt.Errorf("snapshot bench: %s peer: %w", p.name, err))
+			}
 		}
 		if p.conn != nil {
 			p.conn.Close()
@@ -303,6 +313,7 @@ func (ps *benchPeers) stop() {
 		p.server.Shutdown()
 		p.server.WaitForShutdown()
 	}
+	return errors.Join(errs...)
 }
 
 // load publishes facts to the peer's INGRESS, as anti-entropy would after

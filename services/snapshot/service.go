@@ -585,8 +585,8 @@ func (s *Service) handle(ctx context.Context, m *nats.Msg) (any, error) {
 		if err := decode(m, &req); err != nil {
 			return nil, err
 		}
-		if m, err := DecodeManifest(req.Manifest); err == nil && m.Authority() != auth {
-			return nil, events.Errorf(events.ReasonMalformed, "manifest of authority %s sent as a request about %s", m.Authority(), auth)
+		if man, err := DecodeManifest(req.Manifest); err == nil && man.Authority() != auth {
+			return nil, events.Errorf(events.ReasonMalformed, "manifest of authority %s sent as a request about %s", man.Authority(), auth)
 		}
 		sig, err := s.Approve(ctx, req.Manifest)
 		return events.SnapshotApproveReply{Signature: sig}, err
