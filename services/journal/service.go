@@ -110,6 +110,7 @@ type run struct {
 
 	folded    metric.Int64Counter
 	malformed metric.Int64Counter
+	observed  metric.Registration // the gauges' callback
 }
 
 // Run implements service.Service. It joins the journal's replicas, takes
@@ -124,6 +125,7 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	if err := r.instrument(); err != nil {
 		return err
 	}
+	defer func() { _ = r.observed.Unregister() }()
 	stream, err := bus.WaitForStream(ctx, env.JS, events.StreamJournal, env.Clock, env.Log)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -515,7 +517,7 @@ func (r *run) instrument() error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	_, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+	r.observed, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		r.parts.mu.RLock()
 		defer r.parts.mu.RUnlock()
 		n := int64(0)
