@@ -324,20 +324,27 @@ type ProtocolGate struct {
 // exists it admits every peer at protocol 1 or above.
 func WatchProtocol(ctx context.Context, js jetstream.JetStream) (*ProtocolGate, error) {
 	g := &ProtocolGate{}
-	current, err := LoadActiveVersion(ctx, js)
-	if err != nil {
-		return nil, err
-	}
-	g.Set(current)
 	if _, err := js.Stream(ctx, StreamOTA); errors.Is(err, jetstream.ErrStreamNotFound) {
 		return g, nil
 	}
+	return g, g.Watch(ctx, js)
+}
+
+// Watch loads the version in force from the OTA stream, which must exist,
+// and follows it until ctx ends. The zero ProtocolGate admits
+// BaseActiveVersion until then.
+func (g *ProtocolGate) Watch(ctx context.Context, js jetstream.JetStream) error {
+	current, err := LoadActiveVersion(ctx, js)
+	if err != nil {
+		return err
+	}
+	g.Set(current)
 	cons, err := js.OrderedConsumer(ctx, StreamOTA, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{OTAActiveSubject},
 		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
 	})
 	if err != nil {
-		return nil, Wrap(ReasonUnavailable, err, "watch the active protocol version")
+		return Wrap(ReasonUnavailable, err, "watch the active protocol version")
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		if a, err := decodeActiveVersion(m.Data()); err == nil {
@@ -345,13 +352,13 @@ func WatchProtocol(ctx context.Context, js jetstream.JetStream) (*ProtocolGate, 
 		}
 	})
 	if err != nil {
-		return nil, Wrap(ReasonUnavailable, err, "watch the active protocol version")
+		return Wrap(ReasonUnavailable, err, "watch the active protocol version")
 	}
 	go func() {
 		<-ctx.Done()
 		cc.Stop()
 	}()
-	return g, nil
+	return nil
 }
 
 // Set makes a the version in force, unless a higher one already is: the

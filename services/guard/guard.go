@@ -156,7 +156,9 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 		},
 		journal:     newJournalWriter(env.Conn, env.JS, journal, s.cfg.MaxAtomicBatch),
 		revocations: revocations,
+		protocol:    &events.ProtocolGate{},
 	}
+	go g.followProtocol(ctx)
 	subs, err := g.serveRequests(ctx)
 	if err != nil {
 		return err
@@ -198,9 +200,25 @@ type running struct {
 	journal     *journalWriter
 	revocations jetstream.KeyValue
 
+	// protocol is the sync protocol version in force (OTA hard forks);
+	// peer requests from below it are refused.
+	protocol *events.ProtocolGate
+
 	requestsMu     sync.Mutex
 	requestsClosed bool
 	requests       sync.WaitGroup
+}
+
+// followProtocol follows the active protocol version once the ota service
+// has created its stream; until then every peer at protocol 1 or above is
+// admitted, as no hard fork can have activated.
+func (g *running) followProtocol(ctx context.Context) {
+	if _, err := bus.WaitForStream(ctx, g.env.JS, events.StreamOTA, g.env.Clock, nil); err != nil {
+		return
+	}
+	if err := g.protocol.Watch(ctx, g.env.JS); err != nil && ctx.Err() == nil {
+		g.log.Error("cannot follow the active protocol version; peers are checked against the last one seen", "err", err)
+	}
 }
 
 func (s *Service) loadPolicy(ctx context.Context) error {

@@ -157,6 +157,11 @@ func (g *running) forward(ctx context.Context, m *nats.Msg, peer bool) (*nats.Ms
 		err  error
 	)
 	if peer {
+		// A peer below the protocol version in force speaks a sync
+		// protocol this peer has left behind (an OTA hard fork).
+		if err := g.protocol.AdmitHeader(m.Header); err != nil {
+			return nil, err
+		}
 		addr, err = events.ParsePeerSubject(m.Subject)
 		if err == nil {
 			addr.Authority = events.AuthorityID(m.Header.Get(events.HeaderAuthority))
