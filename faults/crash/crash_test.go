@@ -1,0 +1,293 @@
+// Package crash kills real factsync processes with SIGKILL while facts
+// are ingested, and checks that nothing acknowledged is lost or stored
+// twice, and that the documents equal those of a clean run.
+package crash
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	mrand "math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/faults/internal/stack"
+	"github.com/factsync/factsync/shared/bustest"
+	"github.com/factsync/factsync/shared/fold"
+	"github.com/factsync/factsync/shared/natsauth"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func long() bool { return os.Getenv("FACTSYNC_LONG") == "1" }
+
+// buildFactsync builds the binary once per test.
+func buildFactsync(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "factsync")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/factsync/factsync/cmd/factsync").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// server is a `factsync serve guard journal` process.
+type server struct {
+	bin, data string
+	port      int
+	cmd       *exec.Cmd
+	log       bytes.Buffer
+}
+
+func (s *server) start(t *testing.T) {
+	t.Helper()
+	s.cmd = exec.Command(s.bin, "serve", "guard", "journal", "--data", s.data,
+		"--nats-port", fmt.Sprint(s.port), "--http", "127.0.0.1:0", "--log-level", "warn")
+	s.cmd.Stdout, s.cmd.Stderr = &s.log, &s.log
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// kill sends SIGKILL and reaps the process.
+func (s *server) kill() {
+	_ = s.cmd.Process.Signal(syscall.SIGKILL)
+	_ = s.cmd.Wait()
+}
+
+// connect waits for the server and connects as role's user from the
+// users file the process wrote.
+func (s *server) connect(t *testing.T, role natsauth.Role) *nats.Conn {
+	t.Helper()
+	var nc *nats.Conn
+	bustest.Eventually(t, 60*time.Second, func() bool {
+		b, err := os.ReadFile(filepath.Join(s.data, "nats-users.json"))
+		if err != nil {
+			return false
+		}
+		var users map[string]natsauth.User
+		if json.Unmarshal(b, &users) != nil {
+			return false
+		}
+		u := users[string(role)]
+		nc, err = nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", s.port), nats.UserInfo(u.Name, u.Password), nats.MaxReconnects(0))
+		return err == nil
+	}, "factsync serve accepting %s connections; log:\n%s", role, &s.log)
+	return nc
+}
+
+// The guard and journal process is killed with SIGKILL at random points
+// while a client ingests facts, and restarted each time. Every fact whose
+// INGRESS publish was acknowledged ends in JOURNAL exactly once, and the
+// journal's documents equal the fold of those facts.
+func TestCrashKillNineDuringIngest(t *testing.T) {
+	facts, kills := 3000, 3
+	if long() {
+		facts, kills = 100_000, 10
+	}
+	const perBatch = 20
+	seed := mrand.Uint64()
+	rng := mrand.New(mrand.NewPCG(seed, 2))
+	t.Logf("seed %d: %d facts, %d kills", seed, facts, kills)
+
+	began := time.Now()
+	s := &server{bin: buildFactsync(t), data: t.TempDir(), port: freePort(t)}
+	t.Logf("built factsync in %s", time.Since(began).Round(time.Millisecond))
+	s.start(t)
+	t.Cleanup(s.kill)
+	d := stack.NewDevice(t)
+	auth := d.Authority()
+
+	var batches [][]*events.Fact
+	for i := 0; i < facts; i += perBatch {
+		var b []*events.Fact
+		for j := i; j < min(i+perBatch, facts); j++ {
+			doc := fmt.Sprintf("d%d", rng.IntN(200))
+			b = append(b, d.Put(t, "crash", doc, map[string]any{"v": j, fmt.Sprintf("f%d", rng.IntN(5)): j}))
+		}
+		batches = append(batches, b)
+	}
+	// Kill after a random number of acknowledged batches, spread over the
+	// run.
+	killAt := make([]int, kills)
+	for i := range killAt {
+		killAt[i] = 1 + rng.IntN(len(batches)-1)
+	}
+	slices.Sort(killAt)
+
+	acked := map[events.FactID]bool{}
+	killed := 0
+	client := s.connect(t, natsauth.RoleClient)
+	for i := 0; i < len(batches); {
+		if killed < kills && i >= killAt[killed] {
+			client.Close()
+			s.kill()
+			killed++
+			s.start(t)
+			client = s.connect(t, natsauth.RoleClient)
+		}
+		js, _ := jetstream.New(client)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		// Each batch carries a Nats-Msg-Id, as the SDK's do, so a retry
+		// of a batch whose ack was lost is not stored twice in INGRESS.
+		_, err := js.Publish(ctx, events.IngressFactSubject(auth), stack.Batch([][]byte{d.Token}, batches[i]...),
+			jetstream.WithMsgID(fmt.Sprintf("batch-%d-%d", seed, i)), jetstream.WithRetryAttempts(0))
+		cancel()
+		if err != nil {
+			t.Logf("batch %d not acknowledged (%v); retrying", i, err)
+			if client.IsClosed() || !client.IsConnected() {
+				client.Close()
+				client = s.connect(t, natsauth.RoleClient)
+			}
+			continue
+		}
+		for _, f := range batches[i] {
+			acked[f.ID] = true
+		}
+		i++
+	}
+	client.Close()
+	t.Logf("ingested in %s", time.Since(began).Round(time.Millisecond))
+
+	// Restart once more after the last write, then read JOURNAL back.
+	s.kill()
+	s.start(t)
+	ops := s.connect(t, natsauth.RoleServices)
+	defer ops.Close()
+	js, _ := jetstream.New(ops)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	bustest.Eventually(t, 2*time.Minute, func() bool {
+		st, err := js.Stream(ctx, events.StreamIngress)
+		if err != nil {
+			return false
+		}
+		info, err := st.Info(ctx)
+		return err == nil && info.State.Msgs == 0
+	}, "INGRESS drained by the guard")
+
+	t.Logf("INGRESS drained after %s", time.Since(began).Round(time.Millisecond))
+	stored := readJournal(t, ctx, js, auth)
+	seen := map[events.FactID]int{}
+	clean := fold.New()
+	for _, f := range stored {
+		seen[f.ID]++
+		if seen[f.ID] == 1 {
+			clean.Apply(f)
+		}
+	}
+	lost, twice := 0, 0
+	for id := range acked {
+		if seen[id] == 0 {
+			lost++
+		}
+	}
+	for _, n := range seen {
+		if n > 1 {
+			twice++
+		}
+	}
+	t.Logf("%d facts acknowledged by INGRESS, %d JOURNAL messages, %d kills: %d lost, %d stored twice", len(acked), len(stored), killed, lost, twice)
+	if lost > 0 || twice > 0 {
+		t.Fatalf("seed %d: %d acknowledged facts lost, %d stored more than once", seed, lost, twice)
+	}
+
+	// The journal's documents, folded across the crashes, equal a clean
+	// fold of what JOURNAL holds.
+	clientConn := s.connect(t, natsauth.RoleClient)
+	defer clientConn.Close()
+	want := map[string]events.Document{}
+	for doc := range clean.Documents("crash") {
+		want[doc.ID] = doc
+	}
+	bustest.Eventually(t, 2*time.Minute, func() bool {
+		got, err := queryAll(ctx, clientConn, d)
+		if err != nil || len(got) != len(want) {
+			return false
+		}
+		for id, doc := range want {
+			a, _ := json.Marshal(doc)
+			b, _ := json.Marshal(got[id])
+			if !bytes.Equal(a, b) {
+				return false
+			}
+		}
+		return true
+	}, "the journal's %d documents equal a clean fold", len(want))
+}
+
+// readJournal returns every fact JOURNAL holds for auth, in order.
+func readJournal(t *testing.T, ctx context.Context, js jetstream.JetStream, auth events.AuthorityID) []*events.Fact {
+	t.Helper()
+	cons, err := js.OrderedConsumer(ctx, events.StreamJournal, jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.JournalAuthorityFilter(auth)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*events.Fact
+	for {
+		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			f, err := events.DecodeFact(m.Data())
+			if err != nil {
+				t.Fatalf("JOURNAL message %s: %v", m.Subject(), err)
+			}
+			out = append(out, f)
+		}
+		if n == 0 {
+			return out
+		}
+	}
+}
+
+// queryAll reads every document of the crash collection through the guard.
+func queryAll(ctx context.Context, nc *nats.Conn, d *stack.Device) (map[string]events.Document, error) {
+	out := map[string]events.Document{}
+	cursor := ""
+	for {
+		body, _ := json.Marshal(events.QueryRequest{Selection: events.Selection{Collection: "crash", Deleted: events.IncludeDeleted}, Limit: events.MaxQueryLimit, Cursor: cursor})
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		reply, err := d.Request(rctx, nc, events.JournalProto, events.OpQuery, d.Authority(), body)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		if r := reply.Header.Get(events.HeaderReason); r != "" {
+			return nil, fmt.Errorf("query: %s: %s", r, reply.Data)
+		}
+		var qr events.QueryReply
+		if err := json.Unmarshal(reply.Data, &qr); err != nil {
+			return nil, err
+		}
+		for _, doc := range qr.Documents {
+			out[doc.ID] = doc
+		}
+		if qr.NextCursor == "" {
+			return out, nil
+		}
+		cursor = qr.NextCursor
+	}
+}
