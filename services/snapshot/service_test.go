@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
@@ -345,4 +346,55 @@ func TestApproverWithADifferentJournalRefuses(t *testing.T) {
 	if _, err := cl.c.snap.Approve(ctx, info.Manifest); !events.IsReason(err, events.ReasonConflict) {
 		t.Fatalf("C approves a cut its journal disagrees with: %v", err)
 	}
+}
+
+func TestApprovalsTravelThroughTheApproversGuard(t *testing.T) {
+	cl := newCluster(t, 26, 300, 10)
+	ctx, auth := testCtx(t), cl.w.auth()
+	extra := cl.w.fact(t, "notes", "extra", testNow.Add(-time.Hour), 7, map[string]any{"x": 1})
+	cl.c.ingest(cl.w, []*events.Fact{extra})
+	b, err := BuildFromJournal(ctx, cl.a.h.JS, auth, cl.cut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	built, err := b.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest := built.Stamp(cl.a.key.Public().(ed25519.PublicKey), testNow, 1)
+	// A's connection reaches B and C only by their peer subjects; here all
+	// three servers are separate, so each approver is asked on its own.
+	askB := PeerSource{Conn: cl.b.h.Conn, Peer: cl.b.id, Credentials: cl.w.creds()}
+	sig, err := askB.Approve(ctx, auth, manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sig.Peer != cl.b.id || CheckSignature(manifest, sig) != nil {
+		t.Fatalf("B's approval %+v does not verify as B's", sig.Peer)
+	}
+	askC := PeerSource{Conn: cl.c.h.Conn, Peer: cl.c.id, Credentials: cl.w.creds()}
+	if _, err := askC.Approve(ctx, auth, manifest); !events.IsReason(err, events.ReasonConflict) {
+		t.Fatalf("C, whose journal differs, approved through its guard: %v", err)
+	}
+}
+
+func TestTriggerSnapshotsAfterEveryNFacts(t *testing.T) {
+	rng := rand.New(rand.NewPCG(27, 27))
+	clk := clock.NewFake(testNow)
+	w := newWriter(t, rng)
+	cfg := Config{EveryFacts: 100, EveryTime: -1, Default: Policy{Threshold: 1}}
+	p := startPeer(t, rng, clk, cfg)
+	ctx, auth := testCtx(t), w.auth()
+	history := w.history(t, rng, 120, 5)
+	p.ingest(w, history[:60])
+	clk.Advance(2 * time.Second)
+	if list, _ := p.snap.List(ctx, auth, false); len(list) != 0 {
+		t.Fatalf("snapshot after 60 facts with a trigger at 100: %d", len(list))
+	}
+	p.ingest(w, history[60:])
+	bustest.Eventually(t, 20*time.Second, func() bool {
+		clk.Advance(time.Second)
+		list, err := p.snap.List(ctx, auth, true)
+		return err == nil && len(list) == 1
+	}, "a committed snapshot once 100 facts arrived")
 }
