@@ -19,7 +19,11 @@ const requestTimeout = 10 * time.Second
 
 // connectClient connects to the stack a context names, as its client user.
 func connectClient(ctx context.Context, sc stackContext) (*nats.Conn, error) {
-	nc, err := bus.Connect(ctx, sc.NATSURL, bus.ConnectOptions{Name: "factsync-cli", Extra: []nats.Option{nats.MaxReconnects(0)}})
+	opts := []nats.Option{nats.MaxReconnects(0)}
+	if sc.NATSInboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(sc.NATSInboxPrefix))
+	}
+	nc, err := bus.Connect(ctx, sc.NATSURL, bus.ConnectOptions{Name: "factsync-cli", Extra: opts})
 	if err != nil {
 		return nil, events.Wrap(events.ReasonUnavailable, err, "connect to the stack at "+redactURL(sc.NATSURL)+" (is 'factsync dev' running?)")
 	}

@@ -17,9 +17,13 @@ type stackContext struct {
 	NATSURL string `json:"nats_url"`
 	// NATSOpsURL is for operators' tools such as `go tool nats`: it may
 	// read streams, which the client user may not.
-	NATSOpsURL string        `json:"nats_ops_url,omitempty"`
-	HTTPURL    string        `json:"http_url"`
-	Peer       events.PeerID `json:"peer"`
+	NATSOpsURL string `json:"nats_ops_url,omitempty"`
+	// NATSInboxPrefix is the client user's private reply subject prefix;
+	// clients must use it (nats.CustomInboxPrefix; the nats CLI's
+	// --inbox-prefix), as the server delivers them no other replies.
+	NATSInboxPrefix string        `json:"nats_inbox_prefix,omitempty"`
+	HTTPURL         string        `json:"http_url"`
+	Peer            events.PeerID `json:"peer"`
 	// PeerKey is the peer's public key, hex: what `receipt verify
 	// --peer-key` checks signatures against.
 	PeerKey      string             `json:"peer_public_key"`

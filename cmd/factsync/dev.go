@@ -13,6 +13,7 @@ import (
 	"github.com/factsync/factsync/events"
 	"github.com/factsync/factsync/shared/capability"
 	"github.com/factsync/factsync/shared/keys"
+	"github.com/factsync/factsync/shared/natsauth"
 	"github.com/spf13/cobra"
 )
 
@@ -34,9 +35,11 @@ shell can use the stack at once. Ctrl-C stops it.`,
 			Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
 				o.natsURL = ""
-				if err := prepareDevRelease(o); err != nil {
+				demo, err := prepareDevRelease(o)
+				if err != nil {
 					return err
 				}
+				o.clientAuthorities = []events.AuthorityID{demo}
 				st, err := startStack(cmd.Context(), o, nil)
 				if err != nil {
 					return err
@@ -62,26 +65,29 @@ shell can use the stack at once. Ctrl-C stops it.`,
 // prepareDevRelease gives the dev stack a release policy, so the ota
 // service runs: the demo authority releases, three approver keys with a
 // threshold of two, and this peer as the one peer whose readiness counts.
-func prepareDevRelease(o *serveOptions) error {
-	if _, err := os.Stat(o.releaseFile()); err == nil {
-		return nil
-	}
+//
+// It returns the demo authority, creating its key on first use.
+func prepareDevRelease(o *serveOptions) (events.AuthorityID, error) {
 	authority, _, err := keys.LoadOrGenerate(filepath.Join(o.data, "authority.key"), keys.Authority)
 	if err != nil {
-		return err
+		return "", err
+	}
+	demo := events.AuthorityIDOf(authority.Public().(ed25519.PublicKey))
+	if _, err := os.Stat(o.releaseFile()); err == nil {
+		return demo, nil
 	}
 	peer, _, err := keys.LoadOrGenerate(filepath.Join(o.data, "peer.key"), keys.Peer)
 	if err != nil {
-		return err
+		return "", err
 	}
 	_, err = makeRelease(releaseSpec{
-		authority: events.AuthorityIDOf(authority.Public().(ed25519.PublicKey)),
+		authority: demo,
 		dir:       filepath.Dir(o.releaseFile()),
 		approvers: 3, threshold: 2,
 		peers: []ed25519.PublicKey{peer.Public().(ed25519.PublicKey)}, quorum: 1,
 		expires: 365 * 24 * time.Hour, minNotice: 10 * time.Second,
 	})
-	return err
+	return demo, err
 }
 
 // writeDevContext makes (or reuses) the demo authority and device keys in
@@ -113,15 +119,16 @@ func writeDevContext(o *serveOptions, st *stack) (string, stackContext, error) {
 		return "", stackContext{}, err
 	}
 	sc := stackContext{
-		NATSURL:      st.clientURL,
-		NATSOpsURL:   st.opsURL,
-		HTTPURL:      "http://" + st.httpAddr(),
-		Peer:         st.peer,
-		PeerKey:      hex.EncodeToString(st.peerKey),
-		Authority:    events.AuthorityIDOf(authority.Public().(ed25519.PublicKey)),
-		AuthorityKey: authKeyFile,
-		DeviceKey:    devKeyFile,
-		Token:        tokenFile,
+		NATSURL:         st.clientURL,
+		NATSOpsURL:      st.opsURL,
+		NATSInboxPrefix: natsauth.InboxPrefix("client"),
+		HTTPURL:         "http://" + st.httpAddr(),
+		Peer:            st.peer,
+		PeerKey:         hex.EncodeToString(st.peerKey),
+		Authority:       events.AuthorityIDOf(authority.Public().(ed25519.PublicKey)),
+		AuthorityKey:    authKeyFile,
+		DeviceKey:       devKeyFile,
+		Token:           tokenFile,
 	}
 	ctxFile := filepath.Join(dir, "context.json")
 	if err := writeContext(ctxFile, sc); err != nil {

@@ -82,6 +82,11 @@ func randomSecret() string {
 // startEmbedded starts the embedded nats-server with JetStream under
 // DATA/nats, with the role users applied.
 func startEmbedded(o *serveOptions, users embeddedUsers) (*server.Server, error) {
+	// The client user receives replies only on its own inbox prefix, and,
+	// when the stack knows its authorities (factsync dev), may write to
+	// and watch only those: a change notification carries the document.
+	users.Client.PrivateInbox = true
+	users.Client.Authorities = o.clientAuthorities
 	apply, err := natsauth.Apply(users.all()...)
 	if err != nil {
 		return nil, err

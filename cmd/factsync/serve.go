@@ -69,6 +69,10 @@ type serveOptions struct {
 	natsUser, natsPassword, natsUsers string
 
 	ota otaFlags
+
+	// clientAuthorities scopes the embedded server's client user (set by
+	// factsync dev to its demo authority).
+	clientAuthorities []events.AuthorityID
 }
 
 // usersFile is where the embedded server keeps its role users.
