@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"github.com/factsync/factsync/shared/atomicfile"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -156,7 +157,7 @@ func (s *Signer) persist() error {
 		return nil
 	}
 	b := last.Bytes()
-	if err := writeFileSynced(s.hlcPath, b[:]); err != nil {
+	if err := atomicfile.Write(s.hlcPath, b[:]); err != nil {
 		return events.Wrap(events.ReasonInternal, err, "persist device hlc")
 	}
 	s.persisted = last
@@ -176,38 +177,4 @@ func loadHLC(path string) (events.HLC, error) {
 		return events.HLC{}, events.Wrap(events.ReasonMalformed, err, "device hlc file "+path+" is corrupt")
 	}
 	return h, nil
-}
-
-// writeFileSynced replaces path with data so that a crash leaves either
-// the old or the new content, never a torn file.
-func writeFileSynced(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(dir, ".hlc-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -68,38 +68,6 @@ func (r *replica) encode(streamCreated int64) (seq uint64, data []byte, err erro
 	return r.tip.seq, append(b, sum[:]...), nil
 }
 
-// writeCheckpoint replaces the checkpoint in dir atomically and durably.
-func writeCheckpoint(dir string, data []byte) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(dir, checkpointFile+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, checkpointFile)); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
 // errNoCheckpoint means there is no checkpoint to resume from.
 var errNoCheckpoint = errors.New("no checkpoint")
 

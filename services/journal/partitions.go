@@ -3,6 +3,7 @@ package journal
 import (
 	"errors"
 	"fmt"
+	"github.com/factsync/factsync/shared/atomicfile"
 	"hash/fnv"
 	"path/filepath"
 	"slices"
@@ -226,7 +227,7 @@ func (part *partition) checkpoint(streamCreated int64) error {
 	if err != nil {
 		return fmt.Errorf("journal: encode checkpoint of partition %d: %w", part.num, err)
 	}
-	if err := writeCheckpoint(part.dir, data); err != nil {
+	if err := atomicfile.Write(filepath.Join(part.dir, checkpointFile), data); err != nil {
 		return fmt.Errorf("journal: write checkpoint of partition %d: %w", part.num, err)
 	}
 	part.saved = seq

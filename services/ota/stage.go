@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
+	"github.com/factsync/factsync/shared/atomicfile"
 	"os"
 	"path/filepath"
 
@@ -43,41 +44,10 @@ func Stage(dir string, trusted *Policy, c events.OTACeremony, artifact []byte) (
 		return "", events.Wrap(events.ReasonInternal, err, "create the staging directory")
 	}
 	path := filepath.Join(target, prop.Artifact.SHA256)
-	if err := writeFileSync(path, artifact); err != nil {
+	if err := atomicfile.Write(path, artifact); err != nil {
 		return "", events.Wrap(events.ReasonInternal, err, "stage the artifact")
 	}
 	return path, nil
-}
-
-// writeFileSync writes data to path atomically and durably: a temporary
-// file, fsync, rename, fsync of the directory. A peer reports ready only
-// for an artifact that survives a crash.
-func writeFileSync(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".staging-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // a no-op after the rename
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // StageAndReport stages the release of c and returns this peer's signed

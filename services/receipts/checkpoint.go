@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"github.com/factsync/factsync/shared/atomicfile"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -137,7 +138,7 @@ func (l *Log) SignCheckpoint(key ed25519.PrivateKey) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("receipts: sign checkpoint: %w", err)
 	}
-	if err := writeFileAtomically(l.dir, checkpointFile, signed); err != nil {
+	if err := atomicfile.Write(filepath.Join(l.dir, checkpointFile), signed); err != nil {
 		return nil, fmt.Errorf("receipts: store checkpoint: %w", err)
 	}
 	l.mu.Lock()

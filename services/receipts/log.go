@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/factsync/factsync/shared/atomicfile"
 	"io"
 	"io/fs"
 	"os"
@@ -271,7 +272,7 @@ func (l *Log) Append(leaves []Leaf) (int, error) {
 			return 0, err
 		}
 	}
-	if err := writeFileAtomically(l.dir, treeFile, mustJSON(committedTree{Size: newSize, Root: root})); err != nil {
+	if err := atomicfile.Write(filepath.Join(l.dir, treeFile), mustJSON(committedTree{Size: newSize, Root: root})); err != nil {
 		return 0, fmt.Errorf("receipts: commit tree: %w", err)
 	}
 
@@ -297,37 +298,6 @@ func encodeHashes(hashes []tlog.Hash) []byte {
 		b = append(b, h[:]...)
 	}
 	return b
-}
-
-// writeFileAtomically replaces dir/name with data so that a crash leaves
-// either the old or the new content, never a mix: write a temporary file,
-// fsync it, rename it over the old one, fsync the directory.
-func writeFileAtomically(dir, name string, data []byte) error {
-	tmp, err := os.CreateTemp(dir, name+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func mustJSON(v any) []byte {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/factsync/factsync/shared/atomicfile"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -152,7 +153,7 @@ func (w *Witness) Observe(ctx context.Context, src CheckpointSource) (Observatio
 	if err != nil {
 		return Observation{}, err
 	}
-	if err := writeFileAtomically(filepath.Dir(w.path), filepath.Base(w.path), signed); err != nil {
+	if err := atomicfile.Write(w.path, signed); err != nil {
 		return Observation{}, fmt.Errorf("receipts: store witnessed checkpoint: %w", err)
 	}
 	w.last = &SignedCheckpoint{Checkpoint: c, Note: signed}
