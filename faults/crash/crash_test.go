@@ -186,7 +186,7 @@ func TestCrashKillNineDuringIngest(t *testing.T) {
 	}, "INGRESS drained by the guard")
 
 	t.Logf("INGRESS drained after %s", time.Since(began).Round(time.Millisecond))
-	stored := readJournal(t, ctx, js, auth)
+	stored := readJournal(ctx, t, js, auth)
 	seen := map[events.FactID]int{}
 	clean := fold.New()
 	for _, f := range stored {
@@ -236,7 +236,7 @@ func TestCrashKillNineDuringIngest(t *testing.T) {
 }
 
 // readJournal returns every fact JOURNAL holds for auth, in order.
-func readJournal(t *testing.T, ctx context.Context, js jetstream.JetStream, auth events.AuthorityID) []*events.Fact {
+func readJournal(ctx context.Context, t *testing.T, js jetstream.JetStream, auth events.AuthorityID) []*events.Fact {
 	t.Helper()
 	cons, err := js.OrderedConsumer(ctx, events.StreamJournal, jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.JournalAuthorityFilter(auth)}})
 	if err != nil {

@@ -56,8 +56,8 @@ type input struct {
 
 // tally counts what happened to the inputs.
 type tally struct {
-	tried, denied, refusedAtPublish, passedUnchanged, requests, errorReplies int
-	reasons                                                                  map[events.Reason]int
+	tried, denied, refusedAtPublish, passedUnchanged int
+	reasons                                          map[events.Reason]int
 }
 
 func TestHostileIngress(t *testing.T) {
@@ -91,12 +91,12 @@ func TestHostileIngress(t *testing.T) {
 			in.subject = "" // answered by the error; nothing to look for in DENIED
 		}
 	}
-	replayed := replay(t, ctx, s, client)
+	replayed := replay(ctx, t, s, client)
 
 	// Every message is decided once INGRESS, a work queue, is empty.
 	bustest.Eventually(t, wait, func() bool { n, err := s.Msgs(ctx, events.StreamIngress); return err == nil && n == 0 }, "INGRESS drained")
-	denials := readDenied(t, ctx, s)
-	journalSubjects := journalSubjects(t, ctx, s)
+	denials := readDenied(ctx, t, s)
+	journalSubjects := journalSubjects(ctx, t, s)
 	for _, in := range inputs {
 		if in.subject == "" {
 			continue
@@ -302,7 +302,7 @@ func mint(t *testing.T, authority ed25519.PrivateKey, device ed25519.PublicKey, 
 
 // replay publishes one valid fact four times: three single batches and a
 // batch holding it twice. It must be in JOURNAL once, and not denied.
-func replay(t *testing.T, ctx context.Context, s *stack.Stack, client *stack.Conn) *events.Fact {
+func replay(ctx context.Context, t *testing.T, s *stack.Stack, client *stack.Conn) *events.Fact {
 	d := stack.NewDevice(t)
 	f := d.Put(t, "notes", "replayed", map[string]any{"n": 1})
 	for _, b := range [][]byte{
@@ -334,7 +334,7 @@ func sendValid(t *testing.T, s *stack.Stack, c *stack.Conn, d *stack.Device, doc
 }
 
 // readDenied returns every DENIED entry by the subject it arrived on.
-func readDenied(t *testing.T, ctx context.Context, s *stack.Stack) map[string][]*eventsv1.Denial {
+func readDenied(ctx context.Context, t *testing.T, s *stack.Stack) map[string][]*eventsv1.Denial {
 	t.Helper()
 	total, err := s.Msgs(ctx, events.StreamDenied)
 	if err != nil {
@@ -368,7 +368,7 @@ func readDenied(t *testing.T, ctx context.Context, s *stack.Stack) map[string][]
 }
 
 // journalSubjects counts JOURNAL's fact messages per authority.
-func journalSubjects(t *testing.T, ctx context.Context, s *stack.Stack) map[events.AuthorityID]int {
+func journalSubjects(ctx context.Context, t *testing.T, s *stack.Stack) map[events.AuthorityID]int {
 	t.Helper()
 	st, err := s.OpsJS.Stream(ctx, events.StreamJournal)
 	if err != nil {

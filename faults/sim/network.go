@@ -110,9 +110,6 @@ func (n *network) heal() {
 	clear(n.side)
 }
 
-// connected reports whether a and b can currently talk.
-func (n *network) connected(a, b int) bool { return n.side[a] == n.side[b] }
-
 // healed reports whether no partition is in force.
 func (n *network) healed() bool {
 	for _, s := range n.side {
