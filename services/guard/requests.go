@@ -139,7 +139,7 @@ func (g *running) reply(m *nats.Msg, reply *nats.Msg, err error) {
 		return
 	}
 	if err != nil {
-		reply = &nats.Msg{Header: nats.Header{events.HeaderReason: []string{string(events.ReasonOf(err))}}, Data: events.EncodeError(err)}
+		reply = bus.ErrorReply(err)
 	}
 	reply.Subject = m.Reply
 	reply.Reply = ""

@@ -29,7 +29,7 @@ func (r *run) serve() ([]*nats.Subscription, error) {
 		sub, err := r.env.Conn.Subscribe(events.ServiceSubject(events.JournalProto, op, "*"), func(m *nats.Msg) {
 			addr, err := events.ParseAPISubject(events.ServicePrefix, m.Subject)
 			if err != nil {
-				respond(m, nil, err) // no one owns a malformed subject
+				_ = bus.Respond(m, nil, err) // no one owns a malformed subject
 				return
 			}
 			part := r.parts.serving(addr.Authority)
@@ -37,7 +37,7 @@ func (r *run) serve() ([]*nats.Subscription, error) {
 				return // another replica answers
 			}
 			reply, err := handle(part, addr.Authority, m.Data)
-			respond(m, reply, err)
+			_ = bus.Respond(m, reply, err)
 		})
 		if err != nil {
 			for _, s := range subs {
@@ -48,21 +48,6 @@ func (r *run) serve() ([]*nats.Subscription, error) {
 		subs = append(subs, sub)
 	}
 	return subs, nil
-}
-
-func respond(m *nats.Msg, reply any, err error) {
-	if m.Reply == "" {
-		return
-	}
-	out := nats.NewMsg(m.Reply)
-	if err == nil {
-		out.Data, err = json.Marshal(reply)
-	}
-	if err != nil {
-		out.Header.Set(events.HeaderReason, string(events.ReasonOf(err)))
-		out.Data = events.EncodeError(err)
-	}
-	_ = m.RespondMsg(out)
 }
 
 // decodeRequest refuses unknown members: a misspelt "where" must be an

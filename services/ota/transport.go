@@ -39,26 +39,8 @@ func (s *Service) serve(ctx context.Context, m *nats.Msg) {
 		}
 		reply, err = s.handle(ctx, addr.Op, m)
 	}
-	if err != nil {
-		s.respondError(m, err)
-		return
-	}
-	body, err := json.Marshal(reply)
-	if err != nil {
-		s.respondError(m, events.Wrap(events.ReasonInternal, err, "encode reply"))
-		return
-	}
-	if err := m.Respond(body); err != nil {
+	if err := bus.Respond(m, reply, err); err != nil {
 		s.env.Log.Warn("ota: reply", "subject", m.Subject, "err", err)
-	}
-}
-
-func (s *Service) respondError(m *nats.Msg, err error) {
-	out := nats.NewMsg(m.Reply)
-	out.Header.Set(events.HeaderReason, string(events.ReasonOf(err)))
-	out.Data = events.EncodeError(err)
-	if rerr := m.RespondMsg(out); rerr != nil {
-		s.env.Log.Warn("ota: reply", "subject", m.Subject, "err", rerr)
 	}
 }
 

@@ -3,6 +3,7 @@ package receipts
 import (
 	"context"
 	"encoding/json"
+	"github.com/factsync/factsync/shared/bus"
 
 	"github.com/factsync/factsync/events"
 	"github.com/nats-io/nats.go"
@@ -59,7 +60,7 @@ func (r *run) serve() ([]*nats.Subscription, error) {
 	for op, handle := range handlers {
 		sub, err := r.env.Conn.QueueSubscribe(events.ServiceSubject(Name, op, "*"), Name, func(m *nats.Msg) {
 			reply, err := handleRequest(m, handle)
-			respond(m, reply, err)
+			_ = bus.Respond(m, reply, err)
 		})
 		if err != nil {
 			for _, s := range subs {
@@ -78,20 +79,6 @@ func handleRequest(m *nats.Msg, handle func(events.AuthorityID, []byte) (any, er
 		return nil, err
 	}
 	return handle(addr.Authority, m.Data)
-}
-
-func respond(m *nats.Msg, reply any, err error) {
-	if m.Reply == "" {
-		return
-	}
-	out := nats.NewMsg(m.Reply)
-	if err != nil {
-		out.Header.Set(events.HeaderReason, string(events.ReasonOf(err)))
-		out.Data = events.EncodeError(err)
-	} else {
-		out.Data = mustJSON(reply)
-	}
-	_ = m.RespondMsg(out)
 }
 
 func decodeRequest(body []byte, v any) error {

@@ -539,15 +539,7 @@ func (s *Service) progress(p events.SnapshotProgress, inbox string) {
 func (s *Service) serve(ctx context.Context, m *nats.Msg) {
 	ctx = bus.ExtractTrace(ctx, m.Header)
 	reply, err := s.handle(ctx, m)
-	if err != nil {
-		out := nats.NewMsg(m.Reply)
-		out.Header.Set(events.HeaderReason, string(events.ReasonOf(err)))
-		out.Data = events.EncodeError(err)
-		_ = m.RespondMsg(out)
-		return
-	}
-	body, _ := json.Marshal(reply)
-	_ = m.Respond(body)
+	_ = bus.Respond(m, reply, err)
 }
 
 func (s *Service) handle(ctx context.Context, m *nats.Msg) (any, error) {
