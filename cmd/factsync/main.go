@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/factsync/factsync/shared/config"
 	"github.com/spf13/cobra"
 )
 
@@ -60,14 +61,22 @@ func newRootCommand(g *globals) *cobra.Command {
 		Long: `factsync keeps authority-owned journals in sync across peers.
 
 Start a local stack with 'factsync dev', then use the client commands from
-another shell: they read the context file that 'factsync dev' writes.`,
+another shell: they read the context file that 'factsync dev' writes.
+
+Every flag can also be set from the environment as FACTSYNC_<FLAG>, e.g.
+FACTSYNC_NATS=nats://nats:4222 for --nats; a flag on the command line wins.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "output format: text or json")
-	root.PersistentFlags().StringVar(&g.contextFile, "context", envOr("FACTSYNC_CONTEXT", defaultContextFile),
-		"context file written by 'factsync dev' (env FACTSYNC_CONTEXT)")
+	root.PersistentFlags().StringVar(&g.contextFile, "context", defaultContextFile,
+		"context file written by 'factsync dev'")
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		// Every flag can also come from FACTSYNC_<FLAG> (--nats-port is
+		// FACTSYNC_NATS_PORT); the command line wins.
+		if err := config.ApplyEnv(cmd.Flags(), nil); err != nil {
+			return &usageError{msg: err.Error()}
+		}
 		if g.output != "text" && g.output != "json" {
 			return usageErrorf("--output must be text or json, not %q", g.output)
 		}

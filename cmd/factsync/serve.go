@@ -103,21 +103,21 @@ func (o *serveOptions) connectOptions(name string, users *embeddedUsers, role na
 
 func (o *serveOptions) addFlags(cmd *cobra.Command, defaultHTTP string) {
 	f := cmd.Flags()
-	f.StringVar(&o.data, "data", envOr("FACTSYNC_DATA", ".factsync"), "data directory: embedded NATS store, service state, keys (env FACTSYNC_DATA)")
-	f.StringVar(&o.natsURL, "nats", envOr("FACTSYNC_NATS", ""), "external NATS URL; empty starts an embedded server (env FACTSYNC_NATS)")
-	f.StringVar(&o.creds, "creds", envOr("FACTSYNC_CREDS", ""), "NATS credentials file for --nats (env FACTSYNC_CREDS)")
-	f.StringVar(&o.nkey, "nkey", envOr("FACTSYNC_NKEY", ""), "NATS nkey seed file for --nats (env FACTSYNC_NKEY)")
-	f.StringVar(&o.httpAddr, "http", envOr("FACTSYNC_HTTP", defaultHTTP), "address of /healthz, /readyz and /metrics (env FACTSYNC_HTTP)")
+	f.StringVar(&o.data, "data", ".factsync", "data directory: embedded NATS store, service state, keys")
+	f.StringVar(&o.natsURL, "nats", "", "external NATS URL; empty starts an embedded server")
+	f.StringVar(&o.creds, "creds", "", "NATS credentials file for --nats")
+	f.StringVar(&o.nkey, "nkey", "", "NATS nkey seed file for --nats")
+	f.StringVar(&o.httpAddr, "http", defaultHTTP, "address of /healthz, /readyz and /metrics")
 	f.IntVar(&o.natsPort, "nats-port", 4222, "client port of the embedded NATS server; -1 picks a free one")
 	f.StringVar(&o.natsHost, "nats-host", "127.0.0.1", "listen address of the embedded NATS server")
-	f.StringVar(&o.domain, "domain", envOr("FACTSYNC_DOMAIN", ""), "JetStream domain of this peer")
-	f.StringVar(&o.otlp, "otlp", envOr("FACTSYNC_OTLP", ""), "OTLP gRPC endpoint for traces, e.g. localhost:4317 (default: OTEL_EXPORTER_OTLP_ENDPOINT)")
-	f.StringVar(&o.natsUser, "nats-user", envOr("FACTSYNC_NATS_USER", ""), "NATS user name for --nats (env FACTSYNC_NATS_USER)")
-	f.StringVar(&o.natsPassword, "nats-password", envOr("FACTSYNC_NATS_PASSWORD", ""), "NATS password for --nats (env FACTSYNC_NATS_PASSWORD)")
-	f.StringVar(&o.natsUsers, "nats-users", envOr("FACTSYNC_NATS_USERS", ""), "role users file of an embedded server (default DATA/nats-users.json)")
-	f.IntVar(&o.replicas, "replicas", envIntOr("FACTSYNC_REPLICAS", 1), "replicas of the streams the services create (3 on a JetStream cluster) (env FACTSYNC_REPLICAS)")
+	f.StringVar(&o.domain, "domain", "", "JetStream domain of this peer")
+	f.StringVar(&o.otlp, "otlp", "", "OTLP gRPC endpoint for traces, e.g. localhost:4317 (default: OTEL_EXPORTER_OTLP_ENDPOINT)")
+	f.StringVar(&o.natsUser, "nats-user", "", "NATS user name for --nats")
+	f.StringVar(&o.natsPassword, "nats-password", "", "NATS password for --nats")
+	f.StringVar(&o.natsUsers, "nats-users", "", "role users file of an embedded server (default DATA/nats-users.json)")
+	f.IntVar(&o.replicas, "replicas", 1, "replicas of the streams the services create (3 on a JetStream cluster)")
 	o.ota.add(f)
-	f.StringVar(&o.logLevel, "log-level", envOr("FACTSYNC_LOG_LEVEL", "info"), "debug, info, warn or error")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 }
 
 func init() {

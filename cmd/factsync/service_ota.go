@@ -22,9 +22,9 @@ type otaFlags struct {
 }
 
 func (f *otaFlags) add(fs *pflag.FlagSet) {
-	fs.StringVar(&f.root, "ota-root", envOr("FACTSYNC_OTA_ROOT", ""), "signed OTA root policy (default DATA/ota/root.json when it exists) (env FACTSYNC_OTA_ROOT)")
-	fs.StringVar(&f.authority, "ota-authority", envOr("FACTSYNC_OTA_AUTHORITY", ""), "release authority id (default: the one recorded beside the root policy) (env FACTSYNC_OTA_AUTHORITY)")
-	fs.BoolVar(&f.stage, "ota-stage", envOr("FACTSYNC_OTA_STAGE", "") == "true", "fetch, verify and stage approved releases and report readiness (env FACTSYNC_OTA_STAGE=true)")
+	fs.StringVar(&f.root, "ota-root", "", "signed OTA root policy (default DATA/ota/root.json when it exists)")
+	fs.StringVar(&f.authority, "ota-authority", "", "release authority id (default: the one recorded beside the root policy)")
+	fs.BoolVar(&f.stage, "ota-stage", "" == "true", "fetch, verify and stage approved releases and report readiness")
 }
 
 // errOTANotConfigured says how to configure the ota service.
