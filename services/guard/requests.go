@@ -16,8 +16,9 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// maxConcurrentRequests bounds the requests the guard forwards at once; a
-// request beyond it waits in the subscription's buffer.
+// maxConcurrentRequests bounds the client requests, and separately the peer
+// requests, the guard forwards at once; a request beyond it is answered
+// rate_limited.
 const maxConcurrentRequests = 256
 
 // RequestRight returns the right a request must hold: read on the body's
@@ -67,16 +68,26 @@ func RequestRight(proto, op string, body []byte) (capability.Right, error) {
 // serveRequests subscribes to the client API and this peer's peer subjects
 // in queue group "guard", so guard replicas share them.
 func (g *running) serveRequests(ctx context.Context) ([]*nats.Subscription, error) {
-	sem := make(chan struct{}, maxConcurrentRequests)
+	// Client and peer requests have a pool each, so peers that hang their
+	// sessions cannot starve the clients, nor the other way round. A full
+	// pool sheds the request at once with a reason: waiting in the NATS
+	// handler would stall every request behind it.
 	handle := func(peer bool) nats.MsgHandler {
+		pool := make(chan struct{}, maxConcurrentRequests)
 		return func(m *nats.Msg) {
 			if !g.startRequest() {
 				g.reply(m, nil, events.Errorf(events.ReasonUnavailable, "the guard is shutting down"))
 				return
 			}
-			sem <- struct{}{}
+			select {
+			case pool <- struct{}{}:
+			default:
+				g.requests.Done()
+				g.reply(m, nil, events.Errorf(events.ReasonRateLimited, "the guard has %d requests in flight; retry shortly", maxConcurrentRequests))
+				return
+			}
 			go func() {
-				defer func() { <-sem; g.requests.Done() }()
+				defer func() { <-pool; g.requests.Done() }()
 				g.serveRequest(ctx, m, peer)
 			}()
 		}
