@@ -89,7 +89,11 @@ func (s *server) connect(t *testing.T, role natsauth.Role) *nats.Conn {
 			return false
 		}
 		u := users[string(role)]
-		nc, err = nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", s.port), nats.UserInfo(u.Name, u.Password), nats.MaxReconnects(0))
+		opts := []nats.Option{nats.UserInfo(u.Name, u.Password), nats.MaxReconnects(0)}
+		if role == natsauth.RoleClient { // serve gives its client user a private inbox
+			opts = append(opts, nats.CustomInboxPrefix(natsauth.InboxPrefix(u.Name)))
+		}
+		nc, err = nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", s.port), opts...)
 		return err == nil
 	}, "factsync serve accepting %s connections; log:\n%s", role, &s.log)
 	return nc
@@ -135,7 +139,7 @@ func TestCrashKillNineDuringIngest(t *testing.T) {
 	slices.Sort(killAt)
 
 	acked := map[events.FactID]bool{}
-	killed := 0
+	killed, retries := 0, 0
 	client := s.connect(t, natsauth.RoleClient)
 	for i := 0; i < len(batches); {
 		if killed < kills && i >= killAt[killed] {
@@ -153,6 +157,9 @@ func TestCrashKillNineDuringIngest(t *testing.T) {
 			jetstream.WithMsgID(fmt.Sprintf("batch-%d-%d", seed, i)), jetstream.WithRetryAttempts(0))
 		cancel()
 		if err != nil {
+			if retries++; retries > 20 {
+				t.Fatalf("batch %d not acknowledged after %d tries: %v; server log:\n%s", i, retries, err, &s.log)
+			}
 			t.Logf("batch %d not acknowledged (%v); retrying", i, err)
 			if client.IsClosed() || !client.IsConnected() {
 				client.Close()
@@ -164,6 +171,7 @@ func TestCrashKillNineDuringIngest(t *testing.T) {
 			acked[f.ID] = true
 		}
 		i++
+		retries = 0
 	}
 	client.Close()
 	t.Logf("ingested in %s", time.Since(began).Round(time.Millisecond))

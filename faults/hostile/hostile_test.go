@@ -498,12 +498,12 @@ func TestSlowPeerRequestsAreAnswered(t *testing.T) {
 }
 
 // While a slow peer holds the guard's requests, a client's read must not
-// wait for them.
+// wait for them. (This found a bug: the guard's request limit was shared
+// by clients and peers and blocked the NATS handler, so a client read
+// waited the whole RequestTimeout; fixed in the guard by a pool each that
+// sheds with rate_limited.)
 func TestSlowPeerDoesNotStarveClients(t *testing.T) {
-	if os.Getenv("FACTSYNC_KNOWN_GAPS") != "1" {
-		t.Skip("known bug (issue 4): the guard's 256-request limit is shared by the client API and peer subjects and blocks the NATS dispatcher, so hung peer requests delay every client request by up to RequestTimeout (FACTSYNC_KNOWN_GAPS=1 runs this test)")
-	}
-	if readTook := slowPeer(t); readTook > slowTimeout {
+	if readTook := slowPeer(t); readTook > slowTimeout/2 {
 		t.Errorf("a client read waited %s behind hung peer requests (guard RequestTimeout %s)", readTook, slowTimeout)
 	}
 }

@@ -165,7 +165,7 @@ func TestClientCannotReadAnotherAuthoritysJournal(t *testing.T) {
 // documents. Clients may subscribe to all of fs.changes.>, and a change
 // carries the whole document after the change.
 func TestClientCannotWatchAnotherAuthoritysChanges(t *testing.T) {
-	knownGap(t, "issue 4: natsauth lets every client subscribe to fs.changes.>, and events.Change carries the document; scope it per authority (e.g. per-user fs.changes.<auth>.> or changes behind the guard)")
+	knownGap(t, "issue 4: an unscoped client user (natsauth.User without Authorities, which `factsync serve` creates when it knows no authorities) may subscribe to all of fs.changes.>, and events.Change carries the document")
 	s := stack.Start(t, guard.Config{})
 	owner := stack.NewDevice(t)
 	spy := s.ConnectWatched(t, natsauth.RoleClient)
@@ -214,8 +214,62 @@ func TestClientCannotImpersonatePeer(t *testing.T) {
 // signed, so one peer can make others see a peer that is not there (or
 // hide that it is not).
 func TestPeerCannotAnnounceAnotherPeer(t *testing.T) {
-	knownGap(t, "issue 4: RolePeer may publish fs.presence.> for any PeerID and presence is unsigned; restrict each peer user to its own fs.presence.<peer> or sign presence")
+	knownGap(t, "issue 4: an unscoped peer user (natsauth.User without Peer) may publish fs.presence.> for any PeerID, and presence is unsigned")
 	s := stack.Start(t, guard.Config{})
 	peer := s.ConnectWatched(t, natsauth.RolePeer)
 	refusedPublish(t, peer, events.PresenceSubject(s.Peer))
+}
+
+// Rule: a client user scoped to its authorities (natsauth.User.Authorities)
+// cannot watch, write or query another authority, and the owner's scoped
+// user still can.
+func TestScopedClientStaysInItsAuthorities(t *testing.T) {
+	owner, spyDevice := stack.NewDevice(t), stack.NewDevice(t)
+	ownerUser := natsauth.User{Name: "owner", Password: "o-secret", Role: natsauth.RoleClient, Authorities: []events.AuthorityID{owner.Authority()}, PrivateInbox: true}
+	spyUser := natsauth.User{Name: "spy", Password: "s-secret", Role: natsauth.RoleClient, Authorities: []events.AuthorityID{spyDevice.Authority()}, PrivateInbox: true}
+	s := stack.Start(t, guard.Config{}, ownerUser, spyUser)
+	spy := s.ConnectAs(t, spyUser)
+	refusedSubscribe(t, spy, events.ChangesPrefix+".>")
+	refusedSubscribe(t, spy, events.ChangesPrefix+"."+string(owner.Authority())+".>")
+	refusedPublish(t, spy, events.IngressFactSubject(owner.Authority()))
+	refusedPublish(t, spy, events.APISubject(events.JournalProto, events.OpGet, owner.Authority()))
+
+	ownerConn := s.ConnectAs(t, ownerUser)
+	own, err := ownerConn.SubscribeSync(events.ChangesPrefix + "." + string(owner.Authority()) + ".>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ingestAndWait(t, s, ownerConn, owner, "notes", "diary")
+	if _, err := own.NextMsg(wait); err != nil {
+		t.Fatalf("the owner's scoped user saw no change: %v", err)
+	}
+}
+
+// Rule: a client user with a private inbox cannot read replies meant for
+// other users on _INBOX.>.
+func TestPrivateInboxClientCannotReadOthersReplies(t *testing.T) {
+	u := natsauth.User{Name: "app", Password: "a-secret", Role: natsauth.RoleClient, PrivateInbox: true}
+	s := stack.Start(t, guard.Config{}, u)
+	c := s.ConnectAs(t, u)
+	refusedSubscribe(t, c, "_INBOX.>")
+	ingestAndWait(t, s, c, stack.NewDevice(t), "notes", "n1") // its own replies still arrive
+}
+
+// Rule: a peer user bound to its PeerID (natsauth.User.Peer) cannot
+// announce another peer's presence.
+func TestScopedPeerCannotAnnounceAnotherPeer(t *testing.T) {
+	me := stack.NewDevice(t) // any key makes a PeerID
+	u := natsauth.User{Name: "remote", Password: "r-secret", Role: natsauth.RolePeer, Peer: events.PeerIDOf(me.Pub)}
+	s := stack.Start(t, guard.Config{}, u)
+	c := s.ConnectAs(t, u)
+	refusedPublish(t, c, events.PresenceSubject(s.Peer))
+	if err := c.Publish(events.PresenceSubject(u.Peer), []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if c.PermissionViolation(events.PresenceSubject(u.Peer)) {
+		t.Fatalf("a peer may not announce its own presence")
+	}
 }

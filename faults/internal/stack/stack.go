@@ -57,13 +57,15 @@ type Stack struct {
 }
 
 // Start runs the stack for the duration of the test, with the guard
-// configured by cfg.
-func Start(t testing.TB, cfg guard.Config) *Stack {
+// configured by cfg. extra are more users (scoped clients and peers) for
+// ConnectAs.
+func Start(t testing.TB, cfg guard.Config, extra ...natsauth.User) *Stack {
 	t.Helper()
-	all := make([]natsauth.User, 0, len(Users))
+	all := make([]natsauth.User, 0, len(Users)+len(extra))
 	for _, u := range Users {
 		all = append(all, u)
 	}
+	all = append(all, extra...)
 	configure, err := natsauth.Apply(all...)
 	if err != nil {
 		t.Fatal(err)
@@ -128,14 +130,24 @@ func (s *Stack) Connect(t testing.TB, role natsauth.Role) *nats.Conn {
 // asynchronous errors the server sends (permission violations).
 func (s *Stack) ConnectWatched(t testing.TB, role natsauth.Role) *Conn {
 	t.Helper()
+	return s.ConnectAs(t, Users[role])
+}
+
+// ConnectAs opens a watched connection as u, on its private inbox when it
+// has one.
+func (s *Stack) ConnectAs(t testing.TB, u natsauth.User) *Conn {
+	t.Helper()
 	c := &Conn{}
-	u := Users[role]
-	c.Conn = bustest.Connect(t, s.Server.ClientURL(), nats.UserInfo(u.Name, u.Password),
+	opts := []nats.Option{nats.UserInfo(u.Name, u.Password),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			c.mu.Lock()
 			c.errs = append(c.errs, err)
 			c.mu.Unlock()
-		}))
+		})}
+	if u.PrivateInbox {
+		opts = append(opts, nats.CustomInboxPrefix(natsauth.InboxPrefix(u.Name)))
+	}
+	c.Conn = bustest.Connect(t, s.Server.ClientURL(), opts...)
 	var err error
 	if c.JS, err = jetstream.New(c.Conn); err != nil {
 		t.Fatal(err)
