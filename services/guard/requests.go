@@ -32,6 +32,9 @@ func RequestRight(proto, op string, body []byte) (capability.Right, error) {
 	}
 	switch proto {
 	case events.JournalProto:
+		if op != events.OpGet && op != events.OpQuery && op != events.OpCount {
+			return capability.Right{}, events.Errorf(events.ReasonNotFound, "the journal has no operation %q (get, query, count)", op)
+		}
 		var req struct {
 			Collection *string `json:"collection"`
 		}

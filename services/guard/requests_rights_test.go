@@ -30,3 +30,16 @@ func TestOTARequestRights(t *testing.T) {
 		t.Errorf("an unknown ota operation got %v, want not_found", err)
 	}
 }
+
+// An operation the journal does not have is refused by the guard with
+// not_found, not forwarded to time out as unavailable.
+func TestUnknownJournalOperation(t *testing.T) {
+	for _, op := range []string{events.OpGet, events.OpQuery, events.OpCount} {
+		if _, err := guard.RequestRight(events.JournalProto, op, []byte(`{"collection":"notes"}`)); err != nil {
+			t.Errorf("journal %s: %v", op, err)
+		}
+	}
+	if _, err := guard.RequestRight(events.JournalProto, "drop", []byte(`{"collection":"notes"}`)); !events.IsReason(err, events.ReasonNotFound) {
+		t.Errorf("journal drop got %v, want not_found", err)
+	}
+}
