@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
+	"github.com/factsync/factsync/shared/natsauth"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -36,7 +37,7 @@ func newDevice(t *testing.T, url string, u users) device {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(url, nats.UserInfo(u.Client.Name, u.Client.Password))
+	nc, err := nats.Connect(url, nats.UserInfo(u.Client.Name, u.Client.Password), nats.CustomInboxPrefix(natsauth.InboxPrefix(u.Client.Name)))
 	if err != nil {
 		t.Fatal(err)
 	}

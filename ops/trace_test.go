@@ -139,7 +139,7 @@ func attributes(kvs []attribute.KeyValue) map[string]string {
 			out[string(kv.Key)] = strings.Join(kv.Value.AsStringSlice(), ",")
 			continue
 		}
-		out[string(kv.Key)] = kv.Value.Emit()
+		out[string(kv.Key)] = kv.Value.String()
 	}
 	return out
 }

@@ -82,15 +82,13 @@ func randomSecret() string {
 // startEmbedded starts the embedded nats-server with JetStream under
 // DATA/nats, with the role users applied.
 func startEmbedded(o *serveOptions, users embeddedUsers) (*server.Server, error) {
-	// When the stack knows its authorities (factsync dev, which writes
-	// the inbox prefix into the context file), the client user may write
-	// to and watch only those, and receives replies only on its own inbox
-	// prefix: a change notification carries the document. Otherwise the
-	// client user is unscoped; see docs/architecture.md.
-	if len(o.clientAuthorities) > 0 {
-		users.Client.PrivateInbox = true
-		users.Client.Authorities = o.clientAuthorities
-	}
+	// The client user receives replies only on its own inbox prefix
+	// (natsauth.InboxPrefix, "_INBOX_client"), so no client reads the
+	// replies meant for another. When the stack knows its authorities
+	// (factsync dev), the client user may also write to and watch only
+	// those: a change notification carries the document.
+	users.Client.PrivateInbox = true
+	users.Client.Authorities = o.clientAuthorities
 	apply, err := natsauth.Apply(users.all()...)
 	if err != nil {
 		return nil, err

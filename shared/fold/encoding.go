@@ -127,15 +127,21 @@ type reader struct {
 }
 
 func (r *reader) fail(format string, args ...any) error {
+	r.note(format, args...)
+	return r.err
+}
+
+// note records the first decoding error; the low-level readers use it and
+// return a zero value, and Unmarshal reports r.err at the end.
+func (r *reader) note(format string, args ...any) {
 	if r.err == nil {
 		r.err = events.Errorf(events.ReasonMalformed, "fold state: "+format, args...)
 	}
-	return r.err
 }
 
 func (r *reader) next(n int) []byte {
 	if r.err != nil || n < 0 || n > len(r.b) {
-		r.fail("truncated")
+		r.note("truncated")
 		return nil
 	}
 	out := r.b[:n]
@@ -149,7 +155,7 @@ func (r *reader) uvarint() uint64 {
 	}
 	v, n := binary.Uvarint(r.b)
 	if n <= 0 {
-		r.fail("bad length")
+		r.note("bad length")
 		return 0
 	}
 	r.b = r.b[n:]
@@ -161,7 +167,7 @@ func (r *reader) uvarint() uint64 {
 func (r *reader) count() int {
 	n := r.uvarint()
 	if n > uint64(len(r.b)) {
-		r.fail("count %d exceeds the data", n)
+		r.note("count %d exceeds the data", n)
 		return 0
 	}
 	return int(n)
@@ -170,7 +176,7 @@ func (r *reader) count() int {
 func (r *reader) string() string {
 	n := r.uvarint()
 	if n > uint64(len(r.b)) {
-		r.fail("truncated")
+		r.note("truncated")
 		return ""
 	}
 	return string(r.next(int(n)))
