@@ -42,7 +42,9 @@ func (d *discovery) Start(context.Context) error {
 	if err != nil {
 		return events.Wrap(events.ReasonUnavailable, err, "subscribe to presence")
 	}
-	if err := nc.Flush(); err == nil {
+	// A refused subscription comes back asynchronously: flush, then look.
+	err = nc.Flush()
+	if err == nil {
 		err = nc.LastError()
 	}
 	if err != nil {
