@@ -143,7 +143,9 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	}()
 	for op, handle := range map[string]func(context.Context, events.AuthorityID, []byte) ([]byte, error){
 		OpReconcile: s.reconcile,
-		OpFetch:     func(ctx context.Context, a events.AuthorityID, b []byte) ([]byte, error) { return s.fetch(ctx, journal, a, b) },
+		OpFetch: func(ctx context.Context, a events.AuthorityID, b []byte) ([]byte, error) {
+			return s.fetch(ctx, journal, a, b)
+		},
 	} {
 		sub, err := env.Conn.QueueSubscribe(events.ServiceSubject(Name, op, "*"), Name, func(m *nats.Msg) {
 			addr, err := events.ParseAPISubject(events.ServicePrefix, m.Subject)
