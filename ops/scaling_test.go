@@ -138,6 +138,16 @@ func TestTwoGuardsAndTwoJournalsAsProcesses(t *testing.T) {
 			t.Logf("%s accepted %v facts", g.name, n)
 		}
 	}
+	// A replica that starts first claims every partition; the second takes
+	// its half over as leases are renewed. Wait for that handover.
+	eventually(t, 30*time.Second, "the two journals to own half the partitions each", func() bool {
+		for _, j := range journals {
+			if j.metric(t, "factsync_journal_partitions_owned") != partitions/2 {
+				return false
+			}
+		}
+		return true
+	})
 	for _, j := range journals {
 		owned, folded := j.metric(t, "factsync_journal_partitions_owned"), j.metric(t, "factsync_journal_facts_folded_total")
 		t.Logf("%s owns %v partitions, folded %v facts", j.name, owned, folded)
