@@ -1,6 +1,10 @@
 package sdk
 
-import "github.com/factsync/factsync/events"
+import (
+	"context"
+
+	"github.com/factsync/factsync/events"
+)
 
 // UpsertWrite checks Upsert's arguments and turns them into a Write,
 // generating an id when id is empty. Backends share it so both accept and
@@ -24,4 +28,33 @@ func DeleteWrite(collection, id, reason string) Write {
 // ResultOf describes the fact a write produced.
 func ResultOf(f *events.Fact) WriteResult {
 	return WriteResult{ID: f.Document(), Fact: f.ID, HLC: f.HLC}
+}
+
+// Applier is the part of a DocumentStore that every write goes through.
+type Applier interface {
+	Apply(ctx context.Context, writes ...Write) ([]WriteResult, error)
+}
+
+// ApplyUpsert is DocumentStore.Upsert for a backend whose writes all go
+// through Apply: one upsert as a batch of one.
+func ApplyUpsert(ctx context.Context, a Applier, collection, id string, fields any) (WriteResult, error) {
+	w, err := UpsertWrite(collection, id, fields)
+	if err != nil {
+		return WriteResult{}, err
+	}
+	return applyOne(ctx, a, w)
+}
+
+// ApplyDelete is DocumentStore.Delete for a backend whose writes all go
+// through Apply.
+func ApplyDelete(ctx context.Context, a Applier, collection, id, reason string) (WriteResult, error) {
+	return applyOne(ctx, a, DeleteWrite(collection, id, reason))
+}
+
+func applyOne(ctx context.Context, a Applier, w Write) (WriteResult, error) {
+	res, err := a.Apply(ctx, w)
+	if err != nil {
+		return WriteResult{}, err
+	}
+	return res[0], nil
 }

@@ -14,23 +14,11 @@ type store struct{ b *Backend }
 var _ sdk.DocumentStore = (*store)(nil)
 
 func (s *store) Upsert(ctx context.Context, collection, id string, fields any) (sdk.WriteResult, error) {
-	w, err := sdk.UpsertWrite(collection, id, fields)
-	if err != nil {
-		return sdk.WriteResult{}, err
-	}
-	res, err := s.Apply(ctx, w)
-	if err != nil {
-		return sdk.WriteResult{}, err
-	}
-	return res[0], nil
+	return sdk.ApplyUpsert(ctx, s, collection, id, fields)
 }
 
 func (s *store) Delete(ctx context.Context, collection, id, reason string) (sdk.WriteResult, error) {
-	res, err := s.Apply(ctx, sdk.DeleteWrite(collection, id, reason))
-	if err != nil {
-		return sdk.WriteResult{}, err
-	}
-	return res[0], nil
+	return sdk.ApplyDelete(ctx, s, collection, id, reason)
 }
 
 // Apply signs the writes, publishes them to INGRESS and, unless the
