@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"github.com/factsync/factsync/shared/binread"
 	"maps"
 	"runtime"
 	"slices"
@@ -190,30 +191,30 @@ func appendBytes(b, v []byte) []byte { return append(binary.AppendUvarint(b, uin
 // order and cites a token the content holds; tokens are in hash order. It
 // does not verify signatures or the state (see Verify).
 func DecodeContent(data []byte) (*Content, error) {
-	r := &reader{b: data}
-	if string(r.next(len(contentMagic))) != contentMagic {
+	r := binread.New(data, "snapshot content")
+	if string(r.Next(len(contentMagic))) != contentMagic {
 		return nil, events.Errorf(events.ReasonMalformed, "snapshot content does not start with %q", contentMagic)
 	}
-	c := &Content{AuthorityKey: ed25519.PublicKey(r.next(ed25519.PublicKeySize))}
-	if cut := r.next(4); cut != nil {
+	c := &Content{AuthorityKey: ed25519.PublicKey(r.Next(ed25519.PublicKeySize))}
+	if cut := r.Next(4); cut != nil {
 		c.Cut = binary.BigEndian.Uint32(cut)
 	}
 	auth := events.AuthorityIDOf(c.AuthorityKey)
 	tokens := map[string]bool{}
 	prevHash := ""
-	for range r.count() {
-		t := r.bytes()
+	for range r.Count() {
+		t := r.Bytes()
 		h := events.TokenHash(t)
-		if r.err == nil && h <= prevHash {
+		if r.Err() == nil && h <= prevHash {
 			return nil, events.Errorf(events.ReasonMalformed, "snapshot tokens are not in ascending hash order")
 		}
 		prevHash, tokens[h] = h, true
 		c.Tokens = append(c.Tokens, t)
 	}
 	var prev *events.Fact
-	for range r.count() {
-		raw := r.bytes()
-		if r.err != nil {
+	for range r.Count() {
+		raw := r.Bytes()
+		if r.Err() != nil {
 			break
 		}
 		f, err := events.DecodeFact(raw)
@@ -232,69 +233,11 @@ func DecodeContent(data []byte) (*Content, error) {
 		prev = f
 		c.Facts = append(c.Facts, f)
 	}
-	c.State = r.bytes()
-	if r.err == nil && len(r.b) != 0 {
-		r.fail("%d trailing bytes", len(r.b))
-	}
-	if r.err != nil {
-		return nil, r.err
+	c.State = r.Bytes()
+	if err := r.Finish(); err != nil {
+		return nil, err
 	}
 	return c, nil
-}
-
-// reader decodes the content encoding; after the first error every read
-// returns nil and err stays set.
-type reader struct {
-	b   []byte
-	err error
-}
-
-func (r *reader) fail(format string, args ...any) {
-	if r.err == nil {
-		r.err = events.Errorf(events.ReasonMalformed, "snapshot content: "+format, args...)
-	}
-}
-
-func (r *reader) next(n int) []byte {
-	if r.err != nil || n < 0 || n > len(r.b) {
-		r.fail("truncated")
-		return nil
-	}
-	out := r.b[:n:n]
-	r.b = r.b[n:]
-	return out
-}
-
-func (r *reader) uvarint() uint64 {
-	if r.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(r.b)
-	if n <= 0 {
-		r.fail("bad length")
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
-
-// count reads an element count, bounded by the bytes left.
-func (r *reader) count() int {
-	n := r.uvarint()
-	if n > uint64(len(r.b)) {
-		r.fail("count %d exceeds the data", n)
-		return 0
-	}
-	return int(n)
-}
-
-func (r *reader) bytes() []byte {
-	n := r.uvarint()
-	if n > uint64(len(r.b)) {
-		r.fail("truncated")
-		return nil
-	}
-	return r.next(int(n))
 }
 
 // Verified is a snapshot that passed Verify.

@@ -3,6 +3,7 @@ package fold
 import (
 	"encoding/binary"
 	"encoding/json"
+	"github.com/factsync/factsync/shared/binread"
 	"maps"
 	"slices"
 
@@ -64,126 +65,63 @@ func appendVersion(b []byte, v events.Version) []byte {
 // ascending order, no field hidden by the delete), because a snapshot may
 // come from another peer.
 func (s *State) UnmarshalBinary(data []byte) error {
-	r := reader{b: data}
-	if string(r.next(len(magic))) != magic {
-		return r.fail("not a fold state encoding")
+	r := reader{binread.New(data, "fold state")}
+	if string(r.Next(len(magic))) != magic {
+		return r.Fail("not a fold state encoding")
 	}
 	collections := map[string]map[string]*doc{}
 	prevColl := ""
-	for range r.count() {
-		coll := r.string()
-		if r.err == nil && (events.CheckName("collection", coll) != nil || coll <= prevColl) {
-			return r.fail("collection %q is invalid or out of order", coll)
+	for range r.Count() {
+		coll := r.Text()
+		if r.Err() == nil && (events.CheckName("collection", coll) != nil || coll <= prevColl) {
+			return r.Fail("collection %q is invalid or out of order", coll)
 		}
 		prevColl = coll
 		docs := map[string]*doc{}
 		prevID := ""
-		for range r.count() {
-			id := r.string()
-			if r.err == nil && (events.CheckName("document id", id) != nil || id <= prevID) {
-				return r.fail("document %q in %s is invalid or out of order", id, coll)
+		for range r.Count() {
+			id := r.Text()
+			if r.Err() == nil && (events.CheckName("document id", id) != nil || id <= prevID) {
+				return r.Fail("document %q in %s is invalid or out of order", id, coll)
 			}
 			prevID = id
 			d := &doc{latest: r.version(), deleted: r.version(), fields: map[string]field{}}
 			prevField := ""
-			for range r.count() {
-				name, v, value := r.string(), r.version(), r.string()
-				if r.err != nil {
+			for range r.Count() {
+				name, v, value := r.Text(), r.version(), r.Text()
+				if r.Err() != nil {
 					break
 				}
 				switch {
 				case events.CheckFieldName(name) != nil || name <= prevField:
-					return r.fail("field %q of %s/%s is invalid or out of order", name, coll, id)
+					return r.Fail("field %q of %s/%s is invalid or out of order", name, coll, id)
 				case v.Compare(d.deleted) <= 0 || v.Compare(d.latest) > 0:
-					return r.fail("field %q of %s/%s has a version outside its document's", name, coll, id)
+					return r.Fail("field %q of %s/%s has a version outside its document's", name, coll, id)
 				case !json.Valid([]byte(value)):
-					return r.fail("field %q of %s/%s is not valid JSON", name, coll, id)
+					return r.Fail("field %q of %s/%s is not valid JSON", name, coll, id)
 				}
 				prevField = name
 				d.fields[name] = field{value: json.RawMessage(value), version: v}
 			}
-			if r.err == nil && (d.latest.IsZero() || d.deleted.Compare(d.latest) > 0 || (d.deleted.IsZero() && len(d.fields) == 0)) {
-				return r.fail("document %s/%s has inconsistent versions", coll, id)
+			if r.Err() == nil && (d.latest.IsZero() || d.deleted.Compare(d.latest) > 0 || (d.deleted.IsZero() && len(d.fields) == 0)) {
+				return r.Fail("document %s/%s has inconsistent versions", coll, id)
 			}
 			docs[id] = d
 		}
 		collections[coll] = docs
 	}
-	if r.err == nil && len(r.b) != 0 {
-		return r.fail("%d trailing bytes", len(r.b))
-	}
-	if r.err != nil {
-		return r.err
+	if err := r.Finish(); err != nil {
+		return err
 	}
 	s.collections = collections
 	return nil
 }
 
-// reader decodes the encoding; after the first error every read returns
-// zero values and err stays set.
-type reader struct {
-	b   []byte
-	err error
-}
+// reader is a binread.Reader that also reads fold versions.
+type reader struct{ *binread.Reader }
 
-func (r *reader) fail(format string, args ...any) error {
-	r.note(format, args...)
-	return r.err
-}
-
-// note records the first decoding error; the low-level readers use it and
-// return a zero value, and Unmarshal reports r.err at the end.
-func (r *reader) note(format string, args ...any) {
-	if r.err == nil {
-		r.err = events.Errorf(events.ReasonMalformed, "fold state: "+format, args...)
-	}
-}
-
-func (r *reader) next(n int) []byte {
-	if r.err != nil || n < 0 || n > len(r.b) {
-		r.note("truncated")
-		return nil
-	}
-	out := r.b[:n]
-	r.b = r.b[n:]
-	return out
-}
-
-func (r *reader) uvarint() uint64 {
-	if r.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(r.b)
-	if n <= 0 {
-		r.note("bad length")
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
-
-// count reads an element count, bounded by the bytes left so a corrupt
-// count cannot make the decoder loop or allocate without limit.
-func (r *reader) count() int {
-	n := r.uvarint()
-	if n > uint64(len(r.b)) {
-		r.note("count %d exceeds the data", n)
-		return 0
-	}
-	return int(n)
-}
-
-func (r *reader) string() string {
-	n := r.uvarint()
-	if n > uint64(len(r.b)) {
-		r.note("truncated")
-		return ""
-	}
-	return string(r.next(int(n)))
-}
-
-func (r *reader) version() events.Version {
-	b := r.next(versionSize)
+func (r reader) version() events.Version {
+	b := r.Next(versionSize)
 	if b == nil {
 		return events.Version{}
 	}
