@@ -1,24 +1,38 @@
 // Package antientropy reconciles an authority's fact set between peers.
 //
-// This file is the responder side of a peer: an index of every accepted
-// fact per authority, kept up to date from JOURNAL, which answers negentropy
-// reconciliation messages (package negentropy) and hands out facts by id
-// with the tokens they cite, so a requesting peer can load them into its
-// own INGRESS, where its guard verifies them again. Requests arrive on
-// fs.svc.antientropy.<op>.<authority> only after this peer's guard has
-// checked the requester's `sync` right (docs/antientropy.md).
+// Every peer keeps, per authority, an index of every accepted fact (a
+// negentropy B+tree and a rateless-IBLT sketch, both updated fact by fact
+// from JOURNAL). As a responder it answers sessions from other peers
+// (responder.go); as an initiator it runs sessions against them, pulls
+// the facts it lacks into its own INGRESS and pushes the facts they lack
+// to theirs, where each side's guard checks every fact again
+// (initiator.go). Which peers, when and how often is peers.go.
+//
+// Requests arrive on fs.svc.antientropy.<op>.<authority> only after this
+// peer's guard has checked the requester's `sync` right on the authority
+// (docs/antientropy.md), so nothing, not even a fingerprint, is revealed
+// to a peer without it.
 package antientropy
 
 import (
 	"context"
-	"encoding/json"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/factsync/factsync/events"
 	eventsv1 "github.com/factsync/factsync/events/v1"
 	"github.com/factsync/factsync/services/antientropy/negentropy"
+	"github.com/factsync/factsync/services/antientropy/riblt"
 	"github.com/factsync/factsync/shared/bus"
 	"github.com/factsync/factsync/shared/service"
 	"github.com/nats-io/nats.go"
@@ -29,27 +43,150 @@ import (
 // Name is the service's name and queue group.
 const Name = "antientropy"
 
-// The request operations the responder answers.
-const (
-	// OpReconcile takes a raw negentropy message and answers the raw reply.
-	OpReconcile = "reconcile"
-	// OpFetch takes a FetchRequest and answers an encoded eventsv1.FactBatch.
-	OpFetch = "fetch"
-)
-
-// MaxFetch bounds the facts one fetch may ask for.
-const MaxFetch = 1000
-
-// FetchRequest asks for facts by id (lowercase hex FactIDs).
-type FetchRequest struct {
-	IDs []string `json:"ids"`
+// Credential is what this peer presents to other peers to sync an
+// authority: a Biscuit token rooted at the authority's key that grants
+// `sync` and names this peer's key as its device. The other peer's guard
+// checks it before anything is revealed.
+type Credential struct {
+	AuthorityKey ed25519.PublicKey
+	Token        []byte
 }
 
-// Config tunes the responder. The zero value is usable.
+// Config tunes the service. The zero value is usable: a responder that
+// syncs with nobody (it holds no credential).
 type Config struct {
-	// FrameSizeLimit bounds one negentropy reply; default
+	// FrameSizeLimit bounds one negentropy message each way; default
 	// negentropy.DefaultFrameSizeLimit.
 	FrameSizeLimit int
+	// SketchSize is how many riblt symbols are kept per authority
+	// (default riblt.DefaultSketchSize, 1.2 MB); negative turns riblt off
+	// and every session reconciles with negentropy.
+	SketchSize int
+
+	// Credentials are the sync tokens this peer presents, per authority.
+	// Only authorities listed here (or in CredentialsDir) are synced by
+	// this peer as an initiator; it answers for every authority.
+	Credentials map[events.AuthorityID]Credential
+	// CredentialsDir holds one file per authority,
+	// <authority public key hex>.token, with the token (base64 or raw).
+	// It is read at start; see LoadCredentials.
+	CredentialsDir string
+	// StaticPeers are synced whether or not their presence is heard.
+	StaticPeers []events.PeerID
+
+	// SyncInterval is how often every reachable peer is synced; default
+	// 30 s, negative for never (sync on connect and on demand only).
+	SyncInterval time.Duration
+	// PresenceInterval is how often this peer announces itself; a peer
+	// not heard for three intervals is lost. Default 5 s.
+	PresenceInterval time.Duration
+	// SessionTimeout ends a responder session after that long without a
+	// request; default 30 s.
+	SessionTimeout time.Duration
+	// RequestTimeout bounds one request to another peer; default 10 s.
+	RequestTimeout time.Duration
+	// MaxSessions bounds the responder sessions open at once (default
+	// 32); MaxInitiated the sessions this peer runs at once (default 4).
+	MaxSessions, MaxInitiated int
+	// PeerRate and PeerBurst limit the requests one requesting device may
+	// make (per second, default 200 and 400); SiteRate and SiteBurst all
+	// requests together (default 2000 and 4000). The initiator takes one
+	// token per session it starts from the same kind of buckets, keyed by
+	// peer.
+	PeerRate, PeerBurst, SiteRate, SiteBurst float64
+	// BatchSize is how many facts one fetch or push carries; default 200,
+	// at most MaxFetch.
+	BatchSize int
+	// BaseBackoff and MaxBackoff bound the wait before a failing peer is
+	// tried again (doubling per failure, with jitter); default 1 s and
+	// 5 min.
+	BaseBackoff, MaxBackoff time.Duration
+	// Rand draws the jitter, in [0, 1); default math/rand/v2. Tests
+	// inject a seeded source.
+	Rand func() float64
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	if c.FrameSizeLimit <= 0 {
+		c.FrameSizeLimit = negentropy.DefaultFrameSizeLimit
+	}
+	if c.SketchSize == 0 {
+		c.SketchSize = riblt.DefaultSketchSize
+	}
+	def(&c.SyncInterval, 30*time.Second)
+	def(&c.PresenceInterval, 5*time.Second)
+	def(&c.SessionTimeout, 30*time.Second)
+	def(&c.RequestTimeout, 10*time.Second)
+	def(&c.BaseBackoff, time.Second)
+	def(&c.MaxBackoff, 5*time.Minute)
+	for _, p := range []struct {
+		v   *int
+		def int
+	}{{&c.MaxSessions, 32}, {&c.MaxInitiated, 4}, {&c.BatchSize, 200}} {
+		if *p.v <= 0 {
+			*p.v = p.def
+		}
+	}
+	c.BatchSize = min(c.BatchSize, MaxFetch)
+	for _, p := range []struct {
+		v   *float64
+		def float64
+	}{{&c.PeerRate, 200}, {&c.PeerBurst, 400}, {&c.SiteRate, 2000}, {&c.SiteBurst, 4000}} {
+		if *p.v <= 0 {
+			*p.v = p.def
+		}
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Float64
+	}
+}
+
+// LoadCredentials reads a credentials directory: one file per authority,
+// named <authority public key hex>.token, holding a token (base64 or raw
+// bytes) rooted at that key with the `sync` right, minted for this peer's
+// key (`factsync token mint --device <peer key> --right '*:sync'`).
+func LoadCredentials(dir string) (map[events.AuthorityID]Credential, error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("antientropy: credentials: %w", err)
+	}
+	creds := map[events.AuthorityID]Credential{}
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".token")
+		if !ok || e.IsDir() {
+			continue
+		}
+		key, err := hex.DecodeString(name)
+		if err != nil || len(key) != ed25519.PublicKeySize {
+			return nil, fmt.Errorf("antientropy: credential %s: the file name must be the authority's public key in hex", e.Name())
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("antientropy: credential: %w", err)
+		}
+		creds[events.AuthorityIDOf(key)] = Credential{AuthorityKey: key, Token: decodeToken(b)}
+	}
+	return creds, nil
+}
+
+// decodeToken accepts a token file as base64 in any common alphabet, or
+// raw bytes.
+func decodeToken(b []byte) []byte {
+	text := strings.TrimSpace(string(b))
+	for _, enc := range []*base64.Encoding{base64.RawURLEncoding, base64.URLEncoding, base64.StdEncoding, base64.RawStdEncoding} {
+		if raw, err := enc.DecodeString(text); err == nil && len(raw) > 0 {
+			return raw
+		}
+	}
+	return b
 }
 
 // Service is the anti-entropy service.
@@ -58,23 +195,32 @@ type Service struct {
 
 	mu   sync.RWMutex
 	sets map[events.AuthorityID]*factSet
+
+	// Set by Run.
+	env      *service.Env
+	log      *slog.Logger
+	journal  jetstream.Stream
+	creds    map[events.AuthorityID]Credential
+	sessions *sessions
+	limits   *limiter // responder: per requesting device and site-wide
+	peers    *peerTable
+	metrics  *metrics
 }
 
-// factSet is one authority's facts: the reconciliation index, and where
-// each fact sits in JOURNAL so fetch can read it back.
+// factSet is one authority's facts: the reconciliation index and sketch,
+// and where each fact sits in JOURNAL so fetch can read it back.
 type factSet struct {
-	index negentropy.Index
-	mu    sync.RWMutex
-	seq   map[events.FactID]uint64
+	index  negentropy.Index
+	sketch *riblt.Sketch // nil when riblt is off
+	mu     sync.RWMutex
+	seq    map[events.FactID]uint64
 }
 
 var _ service.Service = (*Service)(nil)
 
 // New returns the anti-entropy service.
 func New(cfg Config) *Service {
-	if cfg.FrameSizeLimit <= 0 {
-		cfg.FrameSizeLimit = negentropy.DefaultFrameSizeLimit
-	}
+	cfg.setDefaults()
 	return &Service{cfg: cfg, sets: map[events.AuthorityID]*factSet{}}
 }
 
@@ -85,11 +231,35 @@ func (s *Service) Name() string { return Name }
 func (s *Service) Streams() []jetstream.StreamConfig { return nil }
 
 // Run builds the index from JOURNAL, becomes ready once it has caught up
-// with what JOURNAL held at start, and answers requests until ctx ends.
+// with what JOURNAL held at start, then answers sessions, announces this
+// peer and syncs with the others until ctx ends.
+//
 // The index lives in memory and is rebuilt at every start, so the service
 // reads JOURNAL with an ordered consumer rather than a durable one: there
 // is no position worth keeping.
 func (s *Service) Run(ctx context.Context, env *service.Env) error {
+	s.env, s.log = env, env.Log
+	creds := map[events.AuthorityID]Credential{}
+	if s.cfg.CredentialsDir != "" {
+		loaded, err := LoadCredentials(s.cfg.CredentialsDir)
+		if err != nil {
+			return err
+		}
+		for a, c := range loaded {
+			creds[a] = c
+		}
+	}
+	for a, c := range s.cfg.Credentials {
+		creds[a] = c
+	}
+	s.creds = creds
+	s.sessions = newSessions(env.Clock, s.cfg.MaxSessions, s.cfg.SessionTimeout)
+	s.limits = newLimiter(env.Clock, s.cfg.PeerRate, s.cfg.PeerBurst, s.cfg.SiteRate, s.cfg.SiteBurst)
+	var err error
+	if s.metrics, err = newMetrics(env.Meter); err != nil {
+		return fmt.Errorf("antientropy: metrics: %w", err)
+	}
+
 	journal, err := bus.WaitForStream(ctx, env.JS, events.StreamJournal, env.Clock, env.Log)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -97,9 +267,30 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 		}
 		return fmt.Errorf("antientropy: %w", err)
 	}
+	s.journal = journal
+	stop, err := s.follow(ctx, journal)
+	if err != nil || stop == nil {
+		return err
+	}
+	defer stop()
+
+	s.peers = newPeerTable(s, env)
+	sub, err := env.Conn.QueueSubscribe(events.ServiceSubject(Name, "*", "*"), Name, s.serve(ctx))
+	if err != nil {
+		return fmt.Errorf("antientropy: subscribe: %w", err)
+	}
+	defer func() { _ = sub.Drain() }()
+	env.Ready()
+	return s.peers.run(ctx)
+}
+
+// follow indexes JOURNAL from the start and keeps indexing it; it returns
+// once the index holds what JOURNAL held at start (stop is nil when ctx
+// ended first).
+func (s *Service) follow(ctx context.Context, journal jetstream.Stream) (stop func(), err error) {
 	info, err := journal.Info(ctx)
 	if err != nil {
-		return fmt.Errorf("antientropy: JOURNAL info: %w", err)
+		return nil, fmt.Errorf("antientropy: JOURNAL info: %w", err)
 	}
 	caughtUp := make(chan struct{})
 	var once sync.Once
@@ -109,7 +300,7 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	}
 	cons, err := journal.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.JournalPrefix + ".>"}})
 	if err != nil {
-		return fmt.Errorf("antientropy: JOURNAL consumer: %w", err)
+		return nil, fmt.Errorf("antientropy: JOURNAL consumer: %w", err)
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		md, err := m.Metadata()
@@ -119,63 +310,34 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 		if f, err := events.DecodeFact(m.Data()); err == nil {
 			s.add(f, md.Sequence.Stream)
 		} else {
-			env.Log.Warn("antientropy: skipping a JOURNAL message that is not a fact", "seq", md.Sequence.Stream, "err", err)
+			s.log.Warn("antientropy: skipping a JOURNAL message that is not a fact", "seq", md.Sequence.Stream, "err", err)
 		}
 		if md.Sequence.Stream >= info.State.LastSeq {
 			markCaughtUp()
 		}
 	})
 	if err != nil {
-		return fmt.Errorf("antientropy: consume JOURNAL: %w", err)
+		return nil, fmt.Errorf("antientropy: consume JOURNAL: %w", err)
 	}
-	defer cc.Stop()
 	select {
 	case <-caughtUp:
+		return cc.Stop, nil
 	case <-ctx.Done():
-		return nil
+		cc.Stop()
+		return nil, nil
 	}
-
-	var subs []*nats.Subscription
-	defer func() {
-		for _, sub := range subs {
-			_ = sub.Drain()
-		}
-	}()
-	for op, handle := range map[string]func(context.Context, events.AuthorityID, []byte) ([]byte, error){
-		OpReconcile: s.reconcile,
-		OpFetch: func(ctx context.Context, a events.AuthorityID, b []byte) ([]byte, error) {
-			return s.fetch(ctx, journal, a, b)
-		},
-	} {
-		sub, err := env.Conn.QueueSubscribe(events.ServiceSubject(Name, op, "*"), Name, func(m *nats.Msg) {
-			addr, err := events.ParseAPISubject(events.ServicePrefix, m.Subject)
-			var reply []byte
-			if err == nil {
-				reply, err = handle(bus.ExtractTrace(ctx, m.Header), addr.Authority, m.Data)
-			}
-			if err != nil {
-				_ = m.RespondMsg(bus.ErrorReply(err))
-				return
-			}
-			_ = m.Respond(reply)
-		})
-		if err != nil {
-			return fmt.Errorf("antientropy: subscribe %s: %w", op, err)
-		}
-		subs = append(subs, sub)
-	}
-	env.Ready()
-	<-ctx.Done()
-	return nil
 }
 
 // add indexes one accepted fact at its JOURNAL sequence.
 func (s *Service) add(f *events.Fact, seq uint64) {
 	set := s.set(f.Authority, true)
 	set.mu.Lock()
+	_, dup := set.seq[f.ID]
 	set.seq[f.ID] = seq
 	set.mu.Unlock()
-	set.index.Insert(negentropy.Item{Timestamp: uint64(f.HLC.Seconds()), ID: f.ID})
+	if !dup && set.index.Insert(negentropy.Item{Timestamp: uint64(f.HLC.Seconds()), ID: f.ID}) && set.sketch != nil {
+		set.sketch.Add(f.ID)
+	}
 }
 
 // set returns an authority's fact set, creating it when create is set.
@@ -190,6 +352,9 @@ func (s *Service) set(auth events.AuthorityID, create bool) *factSet {
 	defer s.mu.Unlock()
 	if set = s.sets[auth]; set == nil {
 		set = &factSet{seq: map[events.FactID]uint64{}}
+		if s.cfg.SketchSize > 0 {
+			set.sketch = riblt.NewSketch(s.cfg.SketchSize)
+		}
 		s.sets[auth] = set
 	}
 	return set
@@ -205,47 +370,13 @@ func (s *Service) Root(auth events.AuthorityID) (negentropy.Accumulator, int) {
 	return negentropy.Accumulator{}, 0
 }
 
-// reconcile answers one negentropy message against a consistent view of
-// the authority's set. An authority this peer has no facts of is an empty
-// set, not an error: the requester learns it should push everything.
-func (s *Service) reconcile(_ context.Context, auth events.AuthorityID, msg []byte) ([]byte, error) {
-	var empty negentropy.Index
-	index := &empty
-	if set := s.set(auth, false); set != nil {
-		index = &set.index
-	}
-	var reply []byte
-	var err error
-	index.View(func(st negentropy.Storage) {
-		var r *negentropy.Responder
-		if r, err = negentropy.NewResponder(st, s.cfg.FrameSizeLimit); err == nil {
-			reply, err = r.Reconcile(msg)
-		}
-	})
-	if err != nil {
-		return nil, events.Wrap(events.ReasonMalformed, err, "negentropy message")
-	}
-	return reply, nil
-}
-
-// fetch reads the asked-for facts back from JOURNAL and returns them with
-// the tokens they cite, each token once.
-func (s *Service) fetch(ctx context.Context, journal jetstream.Stream, auth events.AuthorityID, body []byte) ([]byte, error) {
-	var req FetchRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		return nil, events.Wrap(events.ReasonMalformed, err, "fetch request")
-	}
-	if len(req.IDs) > MaxFetch {
-		return nil, events.Errorf(events.ReasonTooLarge, "fetch asks for %d facts, limit %d", len(req.IDs), MaxFetch)
-	}
+// batch reads facts back from JOURNAL and returns them with the tokens
+// they cite, each token once.
+func (s *Service) batch(ctx context.Context, auth events.AuthorityID, ids []events.FactID) (*eventsv1.FactBatch, error) {
 	set := s.set(auth, false)
 	batch := &eventsv1.FactBatch{}
 	tokens := map[string]bool{}
-	for _, h := range req.IDs {
-		id, err := events.ParseFactID(h)
-		if err != nil {
-			return nil, err
-		}
+	for _, id := range ids {
 		var seq uint64
 		if set != nil {
 			set.mu.RLock()
@@ -255,18 +386,18 @@ func (s *Service) fetch(ctx context.Context, journal jetstream.Stream, auth even
 		if seq == 0 {
 			return nil, events.Errorf(events.ReasonNotFound, "fact %s of authority %s is not on this peer", id, auth)
 		}
-		raw, err := journal.GetMsg(ctx, seq)
+		raw, err := s.journal.GetMsg(ctx, seq)
 		if err != nil {
-			return nil, events.Wrap(events.ReasonUnavailable, err, "read fact "+h+" from JOURNAL")
+			return nil, events.Wrap(events.ReasonUnavailable, err, "read fact "+id.String()+" from JOURNAL")
 		}
 		f, err := events.DecodeFact(raw.Data)
 		if err != nil {
-			return nil, events.Wrap(events.ReasonInternal, err, "JOURNAL holds an undecodable fact at "+fmt.Sprint(seq))
+			return nil, events.Wrap(events.ReasonInternal, err, fmt.Sprintf("JOURNAL holds an undecodable fact at %d", seq))
 		}
 		batch.Facts = append(batch.Facts, f.Proto())
 		if th := f.TokenHash(); !tokens[th] {
 			tokens[th] = true
-			tok, err := journal.GetLastMsgForSubject(ctx, events.TokenSubject(auth, th))
+			tok, err := s.journal.GetLastMsgForSubject(ctx, events.TokenSubject(auth, th))
 			if errors.Is(err, jetstream.ErrMsgNotFound) {
 				return nil, events.Errorf(events.ReasonNotFound, "token %s cited by fact %s is not in JOURNAL", th, id)
 			}
@@ -276,9 +407,21 @@ func (s *Service) fetch(ctx context.Context, journal jetstream.Stream, auth even
 			batch.Tokens = append(batch.Tokens, tok.Data)
 		}
 	}
-	out, err := proto.Marshal(batch)
+	return batch, nil
+}
+
+// toIngress publishes a batch unchanged into this peer's INGRESS, where
+// the guard checks every fact as it would a client's.
+func (s *Service) toIngress(ctx context.Context, auth events.AuthorityID, batch *eventsv1.FactBatch) error {
+	b, err := proto.Marshal(batch)
 	if err != nil {
-		return nil, events.Wrap(events.ReasonInternal, err, "encode fact batch")
+		return events.Wrap(events.ReasonInternal, err, "encode fact batch")
 	}
-	return out, nil
+	m := nats.NewMsg(events.IngressFactSubject(auth))
+	m.Data = b
+	bus.InjectTrace(ctx, m.Header)
+	if _, err := s.env.JS.PublishMsg(ctx, m); err != nil {
+		return events.Wrap(events.ReasonUnavailable, err, "publish to INGRESS")
+	}
+	return nil
 }

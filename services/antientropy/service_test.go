@@ -118,9 +118,12 @@ func (p peerStack) ingest(t *testing.T, d *device, facts ...*events.Fact) {
 }
 
 // ask sends a peer request through the peer's guard, as another peer would.
-func (p peerStack) ask(t *testing.T, d *device, token []byte, op string, body []byte) *nats.Msg {
+func (p peerStack) ask(t *testing.T, d *device, token []byte, op string, body []byte, session ...string) *nats.Msg {
 	t.Helper()
 	m := nats.NewMsg(events.PeerSubject(p.peer, antientropy.Name, op))
+	if len(session) > 0 {
+		m.Header.Set(antientropy.HeaderSession, session[0])
+	}
 	m.Data = body
 	m.Header.Set(events.HeaderToken, base64.StdEncoding.EncodeToString(token))
 	m.Header.Set(events.HeaderAuthorityKey, hex.EncodeToString(d.authPub))
@@ -163,8 +166,9 @@ func TestResponderReconcilesAndServesFacts(t *testing.T) {
 	// The responder indexes JOURNAL as it grows; reconcile until it has
 	// caught up with what the guard accepted.
 	var need, have []events.FactID
+	session := p.open(t, d, antientropy.ModeNegentropy)
 	bustest.Eventually(t, 30*time.Second, func() bool {
-		have, need = reconcile(t, p, d, &local)
+		have, need = reconcile(t, p, d, &local, session)
 		sortIDs(need)
 		return slices.Equal(need, want)
 	}, "the requester to learn exactly the %d facts it lacks", len(want))
@@ -176,7 +180,7 @@ func TestResponderReconcilesAndServesFacts(t *testing.T) {
 	for i, id := range need {
 		ids[i] = id.String()
 	}
-	body, _ := json.Marshal(antientropy.FetchRequest{IDs: ids})
+	body, _ := json.Marshal(antientropy.FetchRequest{Session: session, IDs: ids})
 	reply := p.ask(t, d, d.token, antientropy.OpFetch, body)
 	if r := reply.Header.Get(events.HeaderReason); r != "" {
 		t.Fatalf("fetch refused: %s: %s", r, reply.Data)
@@ -208,7 +212,7 @@ func TestResponderReconcilesAndServesFacts(t *testing.T) {
 // reconcile runs one negentropy session from local against the peer,
 // through its guard, and returns what local has that the peer lacks and
 // what local needs.
-func reconcile(t *testing.T, p peerStack, d *device, local *negentropy.Index) (have, need []events.FactID) {
+func reconcile(t *testing.T, p peerStack, d *device, local *negentropy.Index, session string) (have, need []events.FactID) {
 	t.Helper()
 	local.View(func(st negentropy.Storage) {
 		in, err := negentropy.NewInitiator(st, 0)
@@ -220,7 +224,7 @@ func reconcile(t *testing.T, p peerStack, d *device, local *negentropy.Index) (h
 			if rounds > 10 {
 				t.Fatal("reconciliation did not finish in 10 rounds")
 			}
-			reply := p.ask(t, d, d.token, antientropy.OpReconcile, msg)
+			reply := p.ask(t, d, d.token, antientropy.OpReconcile, msg, session)
 			if r := reply.Header.Get(events.HeaderReason); r != "" {
 				t.Fatalf("reconcile refused: %s: %s", r, reply.Data)
 			}
@@ -233,6 +237,21 @@ func reconcile(t *testing.T, p peerStack, d *device, local *negentropy.Index) (h
 		}
 	})
 	return have, need
+}
+
+// open starts a session in mode through the peer's guard.
+func (p peerStack) open(t *testing.T, d *device, mode string) string {
+	t.Helper()
+	body, _ := json.Marshal(antientropy.OpenRequest{Modes: []string{mode}})
+	reply := p.ask(t, d, d.token, antientropy.OpOpen, body)
+	if r := reply.Header.Get(events.HeaderReason); r != "" {
+		t.Fatalf("open refused: %s: %s", r, reply.Data)
+	}
+	var open antientropy.OpenReply
+	if err := json.Unmarshal(reply.Data, &open); err != nil || open.Session == "" || open.Mode != mode {
+		t.Fatalf("open reply %s: %v", reply.Data, err)
+	}
+	return open.Session
 }
 
 // A peer whose token lacks the sync right is refused by the guard with a

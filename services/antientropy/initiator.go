@@ -1,0 +1,260 @@
+package antientropy
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/factsync/factsync/events"
+	eventsv1 "github.com/factsync/factsync/events/v1"
+	"github.com/factsync/factsync/services/antientropy/negentropy"
+	"github.com/factsync/factsync/services/antientropy/riblt"
+	"github.com/factsync/factsync/shared/bus"
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+)
+
+// The initiator side of a session, run by this peer against a remote
+// peer P for one authority A:
+//
+//  1. open, offering riblt then negentropy;
+//  2. reconcile: riblt symbols until the difference decodes, or, if the
+//     difference is larger than the sketch, negentropy rounds; either way
+//     this peer learns need (ids only P has) and have (ids only it has);
+//  3. pull: fetch need in batches and publish each batch into local
+//     INGRESS, where this peer's guard checks every fact;
+//  4. push: send have in batches to P's push operation, which publishes
+//     them into P's INGRESS, where P's guard checks them (a remote peer's
+//     NATS user may not publish to INGRESS itself);
+//  5. end, with the outcome.
+
+// remoteCall is one session's requests to a remote peer, through its guard.
+type remoteCall struct {
+	s       *Service
+	peer    events.PeerID
+	auth    events.AuthorityID
+	cred    Credential
+	session string
+	rep     *SyncReport
+}
+
+// do sends one request and returns the reply body, or the remote's error
+// with its reason.
+func (c *remoteCall) do(ctx context.Context, op string, body []byte) ([]byte, error) {
+	m := nats.NewMsg(events.PeerSubject(c.peer, Name, op))
+	m.Data = body
+	m.Header.Set(events.HeaderToken, base64.StdEncoding.EncodeToString(c.cred.Token))
+	m.Header.Set(events.HeaderAuthority, string(c.auth))
+	m.Header.Set(events.HeaderAuthorityKey, hex.EncodeToString(c.cred.AuthorityKey))
+	if c.session != "" {
+		m.Header.Set(HeaderSession, c.session)
+	}
+	bus.InjectTrace(ctx, m.Header)
+	rctx, cancel := context.WithTimeout(ctx, c.s.cfg.RequestTimeout)
+	defer cancel()
+	c.rep.BytesOut += len(body)
+	reply, err := c.s.env.Conn.RequestMsgWithContext(rctx, m)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return nil, events.Errorf(events.ReasonUnavailable, "peer %s does not answer %s: not connected to the mesh, or not running", c.peer, op)
+	case err != nil:
+		return nil, events.Wrap(events.ReasonUnavailable, err, fmt.Sprintf("%s to peer %s", op, c.peer))
+	}
+	c.rep.BytesIn += len(reply.Data)
+	if reason := reply.Header.Get(events.HeaderReason); reason != "" {
+		if e := events.DecodeError(reply.Data); e != nil {
+			e.Detail = fmt.Sprintf("peer %s refused %s: %s", c.peer, op, e.Detail)
+			return nil, e
+		}
+		return nil, events.Errorf(events.Reason(reason), "peer %s refused %s", c.peer, op)
+	}
+	return reply.Data, nil
+}
+
+// syncWith runs one session with peer on auth and reports it.
+func (s *Service) syncWith(ctx context.Context, peer events.PeerID, auth events.AuthorityID) (rep SyncReport) {
+	start := s.env.Clock.Now()
+	rep = SyncReport{Peer: peer, Authority: auth, State: StateInitializing, Started: start}
+	defer func() {
+		rep.Duration = s.env.Clock.Now().Sub(start).String()
+		s.metrics.session(ctx, &rep)
+	}()
+	cred, ok := s.creds[auth]
+	if !ok {
+		return failed(rep, events.Errorf(events.ReasonBadToken, "this peer holds no sync token for authority %s (add one to the credentials directory)", auth))
+	}
+	c := &remoteCall{s: s, peer: peer, auth: auth, cred: cred, rep: &rep}
+	modes := []string{ModeNegentropy}
+	if s.cfg.SketchSize > 0 {
+		modes = []string{ModeRIBLT, ModeNegentropy}
+	}
+	body, _ := json.Marshal(OpenRequest{Modes: modes, FrameSizeLimit: s.cfg.FrameSizeLimit})
+	raw, err := c.do(ctx, OpOpen, body)
+	if err != nil {
+		return failed(rep, err)
+	}
+	var open OpenReply
+	if err := json.Unmarshal(raw, &open); err != nil {
+		return failed(rep, events.Wrap(events.ReasonMalformed, err, "open reply"))
+	}
+	c.session, rep.Mode, rep.State = open.Session, open.Mode, StateActive
+
+	err = s.exchange(ctx, c, open)
+	outcome := StateCompleted
+	if err != nil {
+		outcome = StateFailed
+	}
+	end, _ := json.Marshal(EndRequest{Session: c.session, Outcome: string(outcome)})
+	if _, endErr := c.do(ctx, OpEnd, end); err == nil && endErr != nil {
+		s.log.Debug("antientropy: ending a completed session failed", "peer", peer, "err", endErr)
+	}
+	if err != nil {
+		return failed(rep, err)
+	}
+	rep.State = StateCompleted
+	return rep
+}
+
+// exchange reconciles, pulls and pushes within an open session.
+func (s *Service) exchange(ctx context.Context, c *remoteCall, open OpenReply) error {
+	set := s.set(c.auth, true)
+	var have, need []events.FactID
+	var err error
+	if open.Mode == ModeRIBLT && set.sketch != nil {
+		have, need, err = s.reconcileRIBLT(ctx, c, set, open.RIBLTSymbols)
+		if events.ReasonOf(err) == events.ReasonTooLarge {
+			c.rep.Fallback, c.rep.Mode = true, ModeNegentropy
+			have, need, err = s.reconcileNegentropy(ctx, c, set)
+		}
+	} else {
+		have, need, err = s.reconcileNegentropy(ctx, c, set)
+	}
+	if err != nil {
+		return err
+	}
+	c.rep.Lag = len(need)
+	if err := s.pull(ctx, c, need); err != nil {
+		return err
+	}
+	return s.pushTo(ctx, c, have)
+}
+
+// reconcileRIBLT asks for symbols in the batches the decoder wants until
+// the difference decodes. It fails too_large when the difference needs
+// more symbols than either side keeps.
+func (s *Service) reconcileRIBLT(ctx context.Context, c *remoteCall, set *factSet, remoteSize int) (have, need []events.FactID, err error) {
+	local := set.sketch.Clone()
+	dec := riblt.NewDecoder(local)
+	for n := dec.NextBatch(); n > 0; n = dec.NextBatch() {
+		from := dec.Received()
+		n = min(n, MaxSymbols, remoteSize-from)
+		if n <= 0 {
+			break
+		}
+		body, _ := json.Marshal(SymbolsRequest{Session: c.session, From: from, Count: n})
+		raw, err := c.do(ctx, OpSymbols, body)
+		if err != nil {
+			return nil, nil, err
+		}
+		c.rep.Rounds++
+		if err := dec.AddSymbols(raw); err != nil {
+			return nil, nil, err
+		}
+	}
+	if !dec.Done() {
+		return nil, nil, events.Errorf(events.ReasonTooLarge, "the difference with peer %s needs more riblt symbols than the sketches keep", c.peer)
+	}
+	return dec.Local(), dec.Remote(), nil
+}
+
+// reconcileNegentropy runs negentropy rounds from a copy of the local
+// index, so facts arriving meanwhile neither block nor disturb it.
+func (s *Service) reconcileNegentropy(ctx context.Context, c *remoteCall, set *factSet) (have, need []events.FactID, err error) {
+	local := set.index.Clone()
+	local.View(func(st negentropy.Storage) {
+		var in *negentropy.Initiator
+		if in, err = negentropy.NewInitiator(st, s.cfg.FrameSizeLimit); err != nil {
+			return
+		}
+		var msg []byte
+		for msg, err = in.Initiate(); err == nil && msg != nil; {
+			var reply []byte
+			if reply, err = c.do(ctx, OpReconcile, msg); err != nil {
+				return
+			}
+			c.rep.Rounds++
+			var h, n []events.FactID
+			msg, h, n, err = in.Reconcile(reply)
+			have, need = append(have, h...), append(need, n...)
+		}
+	})
+	return have, need, err
+}
+
+// pull fetches need in batches and publishes each into local INGRESS.
+// Facts the peer sends that were not asked for are dropped.
+func (s *Service) pull(ctx context.Context, c *remoteCall, need []events.FactID) error {
+	for len(need) > 0 {
+		n := min(len(need), s.cfg.BatchSize)
+		ids, asked := make([]string, n), make(map[events.FactID]bool, n)
+		for i, id := range need[:n] {
+			ids[i], asked[id] = id.String(), true
+		}
+		need = need[n:]
+		body, _ := json.Marshal(FetchRequest{Session: c.session, IDs: ids})
+		raw, err := c.do(ctx, OpFetch, body)
+		if err != nil {
+			return err
+		}
+		var batch eventsv1.FactBatch
+		if err := proto.Unmarshal(raw, &batch); err != nil {
+			return events.Wrap(events.ReasonMalformed, err, fmt.Sprintf("peer %s sent a fetch reply that is not a FactBatch", c.peer))
+		}
+		kept := batch.Facts[:0]
+		for _, sf := range batch.Facts {
+			if f, err := events.FactFromProto(sf); err == nil && asked[f.ID] {
+				delete(asked, f.ID)
+				kept = append(kept, sf)
+			}
+		}
+		batch.Facts = kept
+		if len(kept) == 0 {
+			continue
+		}
+		if err := s.toIngress(ctx, c.auth, &batch); err != nil {
+			return err
+		}
+		c.rep.Pulled += len(kept)
+	}
+	return nil
+}
+
+// pushTo sends the facts the peer lacks, in batches, to its push
+// operation.
+func (s *Service) pushTo(ctx context.Context, c *remoteCall, have []events.FactID) error {
+	for len(have) > 0 {
+		n := min(len(have), s.cfg.BatchSize)
+		batch, err := s.batch(ctx, c.auth, have[:n])
+		if err != nil {
+			return err
+		}
+		have = have[n:]
+		body, err := proto.Marshal(batch)
+		if err != nil {
+			return events.Wrap(events.ReasonInternal, err, "encode fact batch")
+		}
+		if _, err := c.do(ctx, OpPush, body); err != nil {
+			return err
+		}
+		c.rep.Pushed += len(batch.Facts)
+	}
+	return nil
+}
+
+func failed(rep SyncReport, err error) SyncReport {
+	rep.State, rep.Error, rep.Reason = StateFailed, err.Error(), string(events.ReasonOf(err))
+	return rep
+}

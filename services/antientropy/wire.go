@@ -1,0 +1,188 @@
+package antientropy
+
+import (
+	"time"
+
+	"github.com/factsync/factsync/events"
+)
+
+// The operations of the session framing (docs/antientropy.md). A remote
+// peer reaches them as events.PeerSubject(peer, Name, op) through that
+// peer's guard, which checks a `sync` right on the authority first; the
+// local CLI and SDK reach the control operations (OpSync, OpStatus) as
+// events.APISubject(Name, op, auth) through the local guard. Both arrive
+// here on events.ServiceSubject(Name, op, auth).
+const (
+	// OpOpen starts a session: OpenRequest in, OpenReply out.
+	OpOpen = "open"
+	// OpReconcile takes a raw negentropy message (header HeaderSession)
+	// and answers the raw reply.
+	OpReconcile = "reconcile"
+	// OpSymbols takes a SymbolsRequest and answers Count riblt symbols,
+	// SymbolSize bytes each, from the sketch frozen at open.
+	OpSymbols = "symbols"
+	// OpFetch takes a FetchRequest and answers an encoded
+	// eventsv1.FactBatch: the facts and the tokens they cite.
+	OpFetch = "fetch"
+	// OpPush takes an encoded eventsv1.FactBatch (header HeaderSession)
+	// of facts this peer lacks and publishes it unchanged into this peer's
+	// INGRESS, where its guard checks every fact: a remote peer may not
+	// publish to INGRESS itself. Answers a PushReply.
+	OpPush = "push"
+	// OpEnd closes a session: EndRequest in, "{}" out.
+	OpEnd = "end"
+
+	// OpSync asks this peer to sync the authority now: SyncRequest in,
+	// SyncReport out.
+	OpSync = "sync"
+	// OpStatus answers a Status: peers, their scores and recent sessions.
+	OpStatus = "status"
+)
+
+// HeaderSession names the session a reconcile or push belongs to.
+const HeaderSession = "Fs-Session"
+
+// The reconciliation modes, in the order an initiator prefers them.
+const (
+	// ModeRIBLT streams rateless IBLT symbols; near the lower bound in
+	// bytes for any difference the sketch can hold.
+	ModeRIBLT = "riblt"
+	// ModeNegentropy is negentropy protocol V1 (NIP-77); any difference,
+	// O(log n) round trips.
+	ModeNegentropy = "negentropy"
+)
+
+// Frame bounds.
+const (
+	// MaxFetch bounds the facts one fetch or push may carry.
+	MaxFetch = 1000
+	// MaxSymbols bounds the riblt symbols one request may ask for
+	// (MaxSymbols × 36 bytes ≈ 590 KB).
+	MaxSymbols = 1 << 14
+	// MaxPushBytes bounds one push's encoded batch.
+	MaxPushBytes = 4 << 20
+)
+
+// OpenRequest opens a session on the authority in the subject.
+type OpenRequest struct {
+	// Modes the initiator speaks, most preferred first.
+	Modes []string `json:"modes"`
+	// FrameSizeLimit the initiator uses for negentropy messages; the
+	// responder answers within the same limit. 0 means the default.
+	FrameSizeLimit int `json:"frame_size_limit,omitempty"`
+}
+
+// OpenReply names the session and the mode the responder chose.
+type OpenReply struct {
+	Session string `json:"session"`
+	Mode    string `json:"mode"`
+	// RIBLTSymbols is how many symbols the responder's sketch keeps; an
+	// initiator asks for no more.
+	RIBLTSymbols int `json:"riblt_symbols,omitempty"`
+	// Count is how many facts of the authority the responder holds.
+	Count int `json:"count"`
+	// TimeoutMillis is how long the session lives without a request.
+	TimeoutMillis int64 `json:"timeout_ms"`
+}
+
+// SymbolsRequest asks for riblt symbols [From, From+Count).
+type SymbolsRequest struct {
+	Session string `json:"session"`
+	From    int    `json:"from"`
+	Count   int    `json:"count"`
+}
+
+// FetchRequest asks for facts by id (lowercase hex FactIDs), at most
+// MaxFetch.
+type FetchRequest struct {
+	Session string   `json:"session,omitempty"`
+	IDs     []string `json:"ids"`
+}
+
+// PushReply says how many pushed facts went to INGRESS.
+type PushReply struct {
+	Facts int `json:"facts"`
+}
+
+// EndRequest closes a session with the initiator's outcome.
+type EndRequest struct {
+	Session string `json:"session"`
+	Outcome string `json:"outcome"`
+}
+
+// SyncRequest asks for a sync of the authority in the subject with Peer,
+// or with every known peer when Peer is empty.
+type SyncRequest struct {
+	Peer events.PeerID `json:"peer,omitempty"`
+}
+
+// SyncReport is one session as the initiator saw it.
+type SyncReport struct {
+	Peer      events.PeerID      `json:"peer"`
+	Authority events.AuthorityID `json:"authority"`
+	State     SessionState       `json:"state"`
+	Mode      string             `json:"mode,omitempty"`
+	// Fallback is set when riblt could not hold the difference and the
+	// session reconciled with negentropy instead.
+	Fallback bool `json:"fallback,omitempty"`
+	// Rounds counts reconciliation round trips (symbols or negentropy).
+	Rounds int `json:"rounds"`
+	// BytesOut and BytesIn count request and reply bodies of the whole
+	// session, fact batches included.
+	BytesOut int `json:"bytes_out"`
+	BytesIn  int `json:"bytes_in"`
+	// Pulled counts facts fetched and published into local INGRESS;
+	// Pushed those sent to the peer's INGRESS.
+	Pulled int `json:"pulled"`
+	Pushed int `json:"pushed"`
+	// Lag is how many facts this peer lacked when the session began.
+	Lag      int       `json:"lag"`
+	Started  time.Time `json:"started"`
+	Duration string    `json:"duration"`
+	Error    string    `json:"error,omitempty"`
+	Reason   string    `json:"reason,omitempty"`
+}
+
+// SyncReply answers OpSync with one report per peer synced.
+type SyncReply struct {
+	Sessions []SyncReport `json:"sessions"`
+}
+
+// SessionState is where a session is in its life.
+type SessionState string
+
+// The session states.
+const (
+	StateInitializing SessionState = "initializing"
+	StateActive       SessionState = "active"
+	StateCompleted    SessionState = "completed"
+	StateFailed       SessionState = "failed"
+)
+
+// PeerStatus is what this peer knows of another.
+type PeerStatus struct {
+	Peer events.PeerID `json:"peer"`
+	// Static peers come from config; the others from presence.
+	Static bool `json:"static,omitempty"`
+	// Present is set while heartbeats arrive.
+	Present   bool      `json:"present"`
+	LastSeen  time.Time `json:"last_seen,omitzero"`
+	Successes int       `json:"successes"`
+	Failures  int       `json:"failures"`
+	// Score is the success rate weighed down by latency; peers are synced
+	// best first.
+	Score float64 `json:"score"`
+	// LatencyMillis is the smoothed duration of a session.
+	LatencyMillis float64 `json:"latency_ms"`
+	// RetryAt is when a failing peer may be tried again.
+	RetryAt time.Time `json:"retry_at,omitzero"`
+}
+
+// Status answers OpStatus.
+type Status struct {
+	Peer     events.PeerID `json:"peer"`
+	Peers    []PeerStatus  `json:"peers"`
+	Sessions []SyncReport  `json:"sessions"`
+	// Open counts responder sessions open now.
+	Open int `json:"open_sessions"`
+}
