@@ -50,7 +50,7 @@ func (r *Reader) Next(n int) []byte {
 	return out
 }
 
-// Uvarint reads an unsigned varint.
+// Uvarint reads an unsigned varint in its shortest form.
 func (r *Reader) Uvarint() uint64 {
 	if r.err != nil {
 		return 0
@@ -58,6 +58,12 @@ func (r *Reader) Uvarint() uint64 {
 	v, n := binary.Uvarint(r.b)
 	if n <= 0 {
 		_ = r.Fail("bad length")
+		return 0
+	}
+	// Encodings are canonical (equal states, equal bytes, equal digests),
+	// so a varint padded with continuation bytes is refused.
+	if n != len(binary.AppendUvarint(nil, v)) {
+		_ = r.Fail("non-minimal length")
 		return 0
 	}
 	r.b = r.b[n:]
