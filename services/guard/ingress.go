@@ -81,15 +81,7 @@ func (l *ingressLoop) run(ctx context.Context) {
 		case m := <-l.msgs:
 			group = append(group, m)
 		}
-	fill:
-		for len(group) < cap(l.msgs) {
-			select {
-			case m := <-l.msgs:
-				group = append(group, m)
-			default:
-				break fill
-			}
-		}
+		group = bus.TakeReady(group, l.msgs, cap(l.msgs))
 		l.g.decide(ctx, group)
 	}
 }

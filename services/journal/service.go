@@ -340,18 +340,7 @@ func (r *run) consume(ctx context.Context, cons jetstream.Consumer) error {
 			}
 			batch = append(batch, m)
 		}
-	fill:
-		for len(batch) < cap(batch) {
-			select {
-			case m, ok := <-incoming:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, m)
-			default:
-				break fill
-			}
-		}
+		batch = bus.TakeReady(batch, incoming, cap(batch))
 		r.foldBatch(ctx, batch)
 	}
 }

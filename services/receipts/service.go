@@ -266,18 +266,7 @@ func (r *run) consume(ctx context.Context, cons jetstream.Consumer) error {
 			}
 			batch = append(batch, m)
 		}
-	fill:
-		for len(batch) < cap(batch) {
-			select {
-			case m, ok := <-msgs:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, m)
-			default:
-				break fill
-			}
-		}
+		batch = bus.TakeReady(batch, msgs, cap(batch))
 		if err := r.appendBatch(ctx, batch); err != nil {
 			return err
 		}
