@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/services/antientropy"
+	"github.com/factsync/factsync/shared/keys"
+	"github.com/spf13/cobra"
+)
+
+// `factsync peers`, `factsync sync <peer>` and `factsync sync status` ask
+// the local anti-entropy service, through the local guard, with the
+// context's device token (it needs the `sync` right).
+
+func init() { commands = append(commands, newPeersCommand, newSyncCommand) }
+
+// syncFlags choose the authority the commands act for.
+type syncFlags struct {
+	authority string
+	token     string
+}
+
+func (f *syncFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.authority, "authority", "", "authority public key (key file or 64 hex characters); default the context's")
+	cmd.Flags().StringVar(&f.token, "token", "", "token file rooted at --authority with the sync right; default the context's")
+}
+
+// open connects as the context's client, for the chosen authority.
+func (f *syncFlags) open(ctx context.Context, g *globals) (*apiClient, error) {
+	c, _, err := openAPI(ctx, g)
+	if err != nil || f.authority == "" && f.token == "" {
+		return c, err
+	}
+	if f.authority != "" {
+		pub, err := readPublicKey(f.authority, keys.Authority)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		c.authority = events.AuthorityIDOf(pub)
+		c.header.Set(events.HeaderAuthorityKey, hex.EncodeToString(pub))
+	}
+	if f.token != "" {
+		tok, err := readToken(f.token)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		c.header.Set(events.HeaderToken, base64.StdEncoding.EncodeToString(tok))
+	}
+	return c, nil
+}
+
+func (f *syncFlags) status(ctx context.Context, g *globals) (antientropy.Status, error) {
+	var st antientropy.Status
+	c, err := f.open(ctx, g)
+	if err != nil {
+		return st, err
+	}
+	defer c.Close()
+	_, err = c.call(ctx, antientropy.Name, antientropy.OpStatus, struct{}{}, &st)
+	return st, err
+}
+
+func newPeersCommand(g *globals) *cobra.Command {
+	var f syncFlags
+	cmd := &cobra.Command{
+		Use:   "peers",
+		Short: "List the peers this stack knows: presence, score, successes, failures, backoff",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := f.status(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			g.out(cmd.OutOrStdout(), cmd.ErrOrStderr()).result(st.Peers, func(w io.Writer) { printPeers(w, st) })
+			return nil
+		},
+	}
+	f.add(cmd)
+	return cmd
+}
+
+func printPeers(w io.Writer, st antientropy.Status) {
+	if len(st.Peers) == 0 {
+		fmt.Fprintf(w, "peer %s knows no other peer yet\n", st.Peer)
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tPRESENT\tSCORE\tOK\tFAILED\tLATENCY\tRETRY AT")
+	for _, p := range st.Peers {
+		present := "no"
+		switch {
+		case p.Present:
+			present = "yes"
+		case p.Static:
+			present = "static"
+		}
+		retry := "-"
+		if !p.RetryAt.IsZero() {
+			retry = p.RetryAt.Format(time.TimeOnly)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%d\t%d\t%.0fms\t%s\n", p.Peer, present, p.Score, p.Successes, p.Failures, p.LatencyMillis, retry)
+	}
+	_ = tw.Flush()
+}
+
+func newSyncCommand(g *globals) *cobra.Command {
+	var f syncFlags
+	cmd := &cobra.Command{
+		Use:   "sync <peer>",
+		Short: "Sync the authority with a peer now; prints rounds, bytes each way and facts moved",
+		Example: `  factsync sync QX3M...          # one peer
+  factsync sync status             # peers and recent sessions`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			peer := events.PeerID(args[0])
+			if err := peer.Validate(); err != nil {
+				return usageErrorf("%q is not a peer id (see 'factsync peers')", args[0])
+			}
+			c, err := f.open(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			var reply antientropy.SyncReply
+			if _, err := c.call(cmd.Context(), antientropy.Name, antientropy.OpSync, antientropy.SyncRequest{Peer: peer}, &reply); err != nil {
+				return err
+			}
+			g.out(cmd.OutOrStdout(), cmd.ErrOrStderr()).result(reply, func(w io.Writer) { printSessions(w, reply.Sessions) })
+			for _, s := range reply.Sessions {
+				if s.State == antientropy.StateFailed {
+					return events.Errorf(events.Reason(s.Reason), "sync with %s failed: %s", s.Peer, s.Error)
+				}
+			}
+			return nil
+		},
+	}
+	f.add(cmd)
+	var sf syncFlags
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "Peers, open sessions and the recent sessions of this stack",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := sf.status(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			g.out(cmd.OutOrStdout(), cmd.ErrOrStderr()).result(st, func(w io.Writer) {
+				fmt.Fprintf(w, "peer %s, %d responder sessions open\n\n", st.Peer, st.Open)
+				printPeers(w, st)
+				fmt.Fprintln(w)
+				printSessions(w, st.Sessions)
+			})
+			return nil
+		},
+	}
+	sf.add(status)
+	cmd.AddCommand(status)
+	return cmd
+}
+
+func printSessions(w io.Writer, ss []antientropy.SyncReport) {
+	if len(ss) == 0 {
+		fmt.Fprintln(w, "no sessions yet")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tSTATE\tMODE\tROUNDS\tBYTES OUT\tBYTES IN\tPULLED\tPUSHED\tTOOK\tERROR")
+	for _, s := range ss {
+		mode := s.Mode
+		if s.Fallback {
+			mode += " (riblt fell back)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", s.Peer, s.State, mode, s.Rounds, s.BytesOut, s.BytesIn, s.Pulled, s.Pushed, s.Duration, s.Error)
+	}
+	_ = tw.Flush()
+}
