@@ -24,6 +24,7 @@ const devTokenTTL = 30 * 24 * time.Hour
 func init() {
 	commands = append(commands, func(g *globals) *cobra.Command {
 		o := &serveOptions{}
+		var peers int
 		cmd := &cobra.Command{
 			Use:   "dev",
 			Short: "Run a local factsync stack: embedded NATS, every service, a demo authority",
@@ -31,10 +32,16 @@ func init() {
 every factsync service, and a demo authority with a device key and token.
 
 It writes DATA/context.json, which the client commands read, so a second
-shell can use the stack at once. Ctrl-C stops it.`,
+shell can use the stack at once. Ctrl-C stops it.
+
+With --peers N it runs N such peers instead, under DATA/peer-<i>/ with a
+context file each, linked to a mesh hub so they sync with each other.`,
 			Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
 				o.natsURL = ""
+				if peers > 0 {
+					return runDevPeers(cmd, o, peers)
+				}
 				demo, err := prepareDevRelease(o)
 				if err != nil {
 					return err
@@ -58,6 +65,7 @@ shell can use the stack at once. Ctrl-C stops it.`,
 			},
 		}
 		o.addFlags(cmd, "127.0.0.1:8080")
+		cmd.Flags().IntVar(&peers, "peers", 0, "run N peers (DATA/peer-<i>, each its own embedded NATS and JetStream domain) linked by leafnodes to a hub on loopback")
 		return cmd
 	})
 }

@@ -93,6 +93,10 @@ func startEmbedded(o *serveOptions, users embeddedUsers) (*server.Server, error)
 	if err != nil {
 		return nil, err
 	}
+	if o.configureNATS != nil {
+		applyUsers := apply
+		apply = func(opts *server.Options) { applyUsers(opts); o.configureNATS(opts) }
+	}
 	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{
 		StoreDir:  filepath.Join(o.data, "nats"),
 		Host:      o.natsHost,

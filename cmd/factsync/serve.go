@@ -73,6 +73,9 @@ type serveOptions struct {
 	// clientAuthorities scopes the embedded server's client user (set by
 	// factsync dev to its demo authority).
 	clientAuthorities []events.AuthorityID
+	// configureNATS, when set, edits the embedded server's options last
+	// (factsync dev --peers links each peer to the mesh hub with it).
+	configureNATS func(*server.Options)
 }
 
 // usersFile is where the embedded server keeps its role users.

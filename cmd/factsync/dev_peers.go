@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/shared/capability"
+	"github.com/factsync/factsync/shared/keys"
+	"github.com/factsync/factsync/shared/mesh"
+	"github.com/spf13/cobra"
+)
+
+// runDevPeers is `factsync dev --peers N`: a mesh hub on loopback and N
+// peers, each a whole stack with its own embedded server and JetStream
+// domain (peer-<i>) under DATA/peer-<i>/, linked to the hub by a
+// leafnode. Every peer holds the same demo authority, a device token of
+// its own (in its context file) and a sync token for its peer key, so the
+// peers discover each other by presence and converge.
+func runDevPeers(cmd *cobra.Command, base *serveOptions, n int) error {
+	ctx := cmd.Context()
+	authority, _, err := keys.LoadOrGenerate(filepath.Join(base.data, "authority.key"), keys.Authority)
+	if err != nil {
+		return err
+	}
+	hub, err := mesh.StartHub(mesh.HubConfig{Peers: n})
+	if err != nil {
+		return err
+	}
+	defer hub.Close()
+	var stacks []*stack
+	defer func() {
+		for _, st := range stacks {
+			st.close()
+		}
+	}()
+	var contexts []string
+	for i := range n {
+		o := *base
+		o.data = filepath.Join(base.data, fmt.Sprintf("peer-%d", i))
+		o.natsPort, o.httpAddr, o.domain = -1, "127.0.0.1:0", mesh.PeerDomain(i)
+		if o.configureNATS, err = hub.Link(i); err != nil {
+			return err
+		}
+		st, ctxFile, err := startDevPeer(ctx, &o, authority)
+		if err != nil {
+			return fmt.Errorf("peer %d: %w", i, err)
+		}
+		stacks = append(stacks, st)
+		contexts = append(contexts, ctxFile)
+	}
+	for _, st := range stacks {
+		select {
+		case <-st.runner.Ready():
+		case <-ctx.Done():
+		}
+	}
+	printDevPeersBanner(cmd.OutOrStdout(), stacks, contexts)
+	<-ctx.Done()
+	var errs []error
+	for _, st := range stacks {
+		errs = append(errs, st.runner.Wait())
+	}
+	return errors.Join(errs...)
+}
+
+// startDevPeer starts one peer of the dev mesh with the shared demo
+// authority.
+func startDevPeer(ctx context.Context, o *serveOptions, authority ed25519.PrivateKey) (*stack, string, error) {
+	if err := os.MkdirAll(o.data, 0o700); err != nil {
+		return nil, "", err
+	}
+	authFile := filepath.Join(o.data, "authority.key")
+	if _, err := os.Stat(authFile); errors.Is(err, os.ErrNotExist) {
+		if err := keys.Save(authFile, keys.Authority, authority); err != nil {
+			return nil, "", err
+		}
+	}
+	demo, err := prepareDevRelease(o)
+	if err != nil {
+		return nil, "", err
+	}
+	o.clientAuthorities = []events.AuthorityID{demo}
+	peerKey, _, err := keys.LoadOrGenerate(filepath.Join(o.data, "peer.key"), keys.Peer)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := writeSyncToken(o.data, authority, peerKey.Public().(ed25519.PublicKey)); err != nil {
+		return nil, "", err
+	}
+	st, err := startStack(ctx, o, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	ctxFile, _, err := writeDevContext(o, st)
+	if err != nil {
+		st.close()
+		return nil, "", err
+	}
+	return st, ctxFile, nil
+}
+
+// writeSyncToken mints the peer's sync token for the authority into the
+// directory the anti-entropy service reads.
+func writeSyncToken(data string, authority ed25519.PrivateKey, peer ed25519.PublicKey) error {
+	token, err := capability.Mint(authority, peer, []capability.Right{{Collection: capability.AnyCollection, Op: capability.OpSync}}, time.Now().Add(devTokenTTL))
+	if err != nil {
+		return err
+	}
+	dir := syncTokenDir(data)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	return writeToken(filepath.Join(dir, hex.EncodeToString(authority.Public().(ed25519.PublicKey))+".token"), token)
+}
+
+func printDevPeersBanner(w io.Writer, stacks []*stack, contexts []string) {
+	fmt.Fprintf(w, "factsync dev is running %d peers linked by leafnodes to a hub on loopback.\n\n", len(stacks))
+	for i, st := range stacks {
+		fmt.Fprintf(w, "  peer-%d  %s\n          NATS %s  status http://%s/readyz\n          export FACTSYNC_CONTEXT=%s\n",
+			i, st.peer, redactURL(st.clientURL), st.httpAddr(), contexts[i])
+	}
+	fmt.Fprintf(w, `
+From another shell, with one peer's context:
+  go run ./cmd/factsync put notes n1 title='"hello"'
+  go run ./cmd/factsync peers
+  go run ./cmd/factsync sync <peer id>
+  go run ./cmd/factsync sync status
+
+Ctrl-C stops every peer.
+`)
+}
