@@ -45,8 +45,8 @@ type sessions struct {
 	open map[string]*session
 }
 
-func newSessions(clk clock.Clock, max int, timeout time.Duration) *sessions {
-	return &sessions{clk: clk, max: max, timeout: timeout, open: map[string]*session{}}
+func newSessions(clk clock.Clock, limit int, timeout time.Duration) *sessions {
+	return &sessions{clk: clk, max: limit, timeout: timeout, open: map[string]*session{}}
 }
 
 // add opens a session, unless max are open already.
