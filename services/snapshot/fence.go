@@ -4,12 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"time"
 
 	"github.com/factsync/factsync/events"
 	"github.com/factsync/factsync/shared/clock"
+	"github.com/factsync/factsync/shared/lease"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -38,99 +38,49 @@ func FenceBucket() jetstream.KeyValueConfig {
 // DefaultLease is how long a writer holds the fence without renewing.
 const DefaultLease = 30 * time.Second
 
-// Fence hands out writer leases.
+// Fence hands out writer leases, one per authority, through shared/lease.
 type Fence struct {
-	kv     jetstream.KeyValue
-	clock  clock.Clock
-	lease  time.Duration
-	holder string
+	keeper *lease.Keeper
 }
 
 // NewFence returns a fence for one writer. holder names the writer (its
 // peer); a random suffix tells apart processes of the same peer.
-func NewFence(kv jetstream.KeyValue, clk clock.Clock, lease time.Duration, holder events.PeerID) *Fence {
-	if lease <= 0 {
-		lease = DefaultLease
+func NewFence(kv jetstream.KeyValue, clk clock.Clock, ttl time.Duration, holder events.PeerID) *Fence {
+	if ttl <= 0 {
+		ttl = DefaultLease
 	}
 	var nonce [6]byte
 	_, _ = rand.Read(nonce[:])
-	return &Fence{kv: kv, clock: clk, lease: lease, holder: string(holder) + "/" + hex.EncodeToString(nonce[:])}
+	return &Fence{keeper: lease.NewKeeper(kv, string(holder)+"/"+hex.EncodeToString(nonce[:]), ttl, clk)}
 }
 
-// Lease is a held fence. Token is the fencing token, which moves on every
-// renewal.
-type Lease struct {
-	Authority events.AuthorityID
-	Token     uint64
-	Expires   time.Time
-}
-
-type leaseValue struct {
-	Holder  string    `json:"holder"`
-	Expires time.Time `json:"expires"`
-}
+// Lease is a held fence: its Key is the authority, its Token the fencing
+// token, which moves on every renewal.
+type Lease = lease.Lease
 
 // Acquire takes the fence for auth: when nobody holds it, when its lease
 // has run out, or when this writer holds it already. Otherwise it returns
 // ReasonConflict naming the holder.
 func (f *Fence) Acquire(ctx context.Context, auth events.AuthorityID) (Lease, error) {
-	now := f.clock.Now()
-	val := f.value(now)
-	entry, err := f.kv.Get(ctx, string(auth))
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		rev, err := f.kv.Create(ctx, string(auth), val)
-		if err != nil {
-			return Lease{}, lost(err, auth, "another writer took it first")
-		}
-		return Lease{Authority: auth, Token: rev, Expires: now.Add(f.lease)}, nil
-	case err != nil:
-		return Lease{}, events.Wrap(events.ReasonUnavailable, err, "read the snapshot fence")
-	}
-	var cur leaseValue
-	if len(entry.Value()) > 0 {
-		if err := json.Unmarshal(entry.Value(), &cur); err != nil {
-			return Lease{}, events.Wrap(events.ReasonInternal, err, "decode the snapshot fence")
-		}
-	}
-	if cur.Holder != f.holder && now.Before(cur.Expires) {
-		return Lease{}, events.Errorf(events.ReasonConflict, "snapshot writer fence of %s is held by %s until %s", auth, cur.Holder, cur.Expires.Format(time.RFC3339))
-	}
-	rev, err := f.kv.Update(ctx, string(auth), val, entry.Revision())
-	if err != nil {
-		return Lease{}, lost(err, auth, "another writer took it first")
-	}
-	return Lease{Authority: auth, Token: rev, Expires: now.Add(f.lease)}, nil
+	l, err := f.keeper.Acquire(ctx, string(auth))
+	return l, fenceErr(err, auth)
 }
 
 // Renew extends l from its token. It fails with ReasonConflict when
 // another writer has taken the fence since: the caller must not write.
 func (f *Fence) Renew(ctx context.Context, l *Lease) error {
-	now := f.clock.Now()
-	rev, err := f.kv.Update(ctx, string(l.Authority), f.value(now), l.Token)
-	if err != nil {
-		return lost(err, l.Authority, "another writer took it over (this writer's lease ran out)")
-	}
-	l.Token, l.Expires = rev, now.Add(f.lease)
-	return nil
+	return fenceErr(f.keeper.Renew(ctx, l), events.AuthorityID(l.Key))
 }
 
 // Release gives the fence up, unless another writer holds it by now.
-func (f *Fence) Release(ctx context.Context, l Lease) {
-	_ = f.kv.Delete(ctx, string(l.Authority), jetstream.LastRevision(l.Token))
-}
+func (f *Fence) Release(ctx context.Context, l Lease) { f.keeper.Release(ctx, l) }
 
-func (f *Fence) value(now time.Time) []byte {
-	b, _ := json.Marshal(leaseValue{Holder: f.holder, Expires: now.Add(f.lease)})
-	return b
-}
-
-// lost turns a failed compare-and-set into ReasonConflict; other failures
-// are ReasonUnavailable.
-func lost(err error, auth events.AuthorityID, why string) error {
-	var apiErr *jetstream.APIError
-	if errors.Is(err, jetstream.ErrKeyExists) || (errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence) {
-		return events.Errorf(events.ReasonConflict, "snapshot writer fence of %s: %s", auth, why)
+// fenceErr names the authority's writer fence in a lease error, keeping
+// its reason.
+func fenceErr(err error, auth events.AuthorityID) error {
+	var e *events.Error
+	if !errors.As(err, &e) {
+		return err
 	}
-	return events.Wrap(events.ReasonUnavailable, err, "snapshot writer fence of "+string(auth))
+	return &events.Error{Reason: e.Reason, Detail: "snapshot writer fence of " + string(auth) + ": " + e.Detail, Err: e.Err}
 }
