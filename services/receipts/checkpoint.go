@@ -204,3 +204,45 @@ func (l *Log) loadCheckpoint() error {
 	l.last = last
 	return nil
 }
+
+// ErrBehind is what Adopt returns for a checkpoint of more leaves than the
+// log has yet: follow JOURNAL further and try again.
+var ErrBehind = errors.New("receipts: the log has not reached the checkpoint yet")
+
+// Adopt makes a checkpoint that this peer's key signed, on another replica
+// of the service, this log's last checkpoint, so that this replica serves
+// receipts under it and signs only trees that extend it. The log must
+// have reached the checkpoint's size (ErrBehind otherwise), and its tree at
+// that size must have the checkpoint's root: a log that disagrees with a
+// checkpoint the peer published must never sign, so that is an error
+// that names the fork. A checkpoint older than the log's last one is
+// checked the same way and then kept as it is.
+func (l *Log) Adopt(signed []byte, peer ed25519.PublicKey) error {
+	c, err := OpenCheckpoint(signed, peer)
+	if err != nil {
+		return err
+	}
+	l.appendMu.Lock()
+	defer l.appendMu.Unlock()
+	if size, _ := l.Size(); c.Size > size {
+		return ErrBehind
+	}
+	root, err := l.TreeHashAt(c.Size)
+	if err != nil {
+		return err
+	}
+	if root != c.Root {
+		return events.Errorf(events.ReasonConflict, "the peer published a checkpoint of %d leaves with root %s, but this replica's log has root %s at that size: the logs forked; refusing to serve or sign from this one",
+			c.Size, base64.StdEncoding.EncodeToString(c.Root[:]), base64.StdEncoding.EncodeToString(root[:]))
+	}
+	if last := l.LastCheckpoint(); last != nil && last.Size >= c.Size {
+		return nil
+	}
+	if err := atomicfile.Write(filepath.Join(l.dir, checkpointFile), signed); err != nil {
+		return fmt.Errorf("receipts: store adopted checkpoint: %w", err)
+	}
+	l.mu.Lock()
+	l.last = &SignedCheckpoint{Checkpoint: c, Note: signed}
+	l.mu.Unlock()
+	return nil
+}

@@ -19,7 +19,8 @@ import (
 //
 //	leaves      one leafRecordSize record per leaf: FactID || AuthorityID
 //	hashes      tlog's stored hashes, tlog.HashSize bytes each, in tlog.StoredHashIndex order
-//	tree        JSON {size, root}: the committed tree, replaced atomically
+//	tree        JSON {size, root, journal_seq}: the committed tree and the
+//	            JOURNAL sequence it reflects, replaced atomically
 //	checkpoint  the last checkpoint this peer signed, replaced atomically
 //
 // An append writes leaves and hashes past the committed end, fsyncs them,
@@ -27,6 +28,13 @@ import (
 // lies past its size in leaves or hashes is an append that never finished,
 // and Open cuts it off. The JOURNAL messages of that append were not acked,
 // so they come again and are appended once.
+//
+// The service appends the facts of JOURNAL in stream order, each FactID
+// at its first occurrence (a fact the guard wrote twice is one leaf) and
+// skipping what is not an accepted fact. The log is therefore a function
+// of JOURNAL alone: every replica that follows JOURNAL builds the same
+// leaves in the same order, which is what lets a standby take over the
+// signing without forking the log (docs/receipts.md, "Replicas").
 const (
 	leavesFile     = "leaves"
 	hashesFile     = "hashes"
@@ -59,11 +67,12 @@ type Log struct {
 	// the files without holding mu.
 	appendMu sync.Mutex
 
-	mu    sync.RWMutex // guards the fields below
-	size  int64
-	root  tlog.Hash
-	index map[events.FactID]int64
-	last  *SignedCheckpoint // the last checkpoint signed, nil before the first
+	mu       sync.RWMutex // guards the fields below
+	size     int64
+	root     tlog.Hash
+	position uint64 // the JOURNAL sequence the committed tree reflects
+	index    map[events.FactID]int64
+	last     *SignedCheckpoint // the last checkpoint signed, nil before the first
 
 	// beforeCommit, set only by tests, runs once the leaves and hashes of
 	// an append are durable and before the tree size is; an error stops
@@ -73,8 +82,9 @@ type Log struct {
 
 // committedTree is the content of the tree file.
 type committedTree struct {
-	Size int64     `json:"size"`
-	Root tlog.Hash `json:"root"`
+	Size     int64     `json:"size"`
+	Root     tlog.Hash `json:"root"`
+	Position uint64    `json:"journal_seq,omitempty"`
 }
 
 // OpenLog opens (or creates) the log in dir and resumes it exactly at its
@@ -122,7 +132,7 @@ func (l *Log) resume() error {
 	if err := cutTo(l.hashes, tlog.StoredHashCount(tree.Size)*tlog.HashSize); err != nil {
 		return fmt.Errorf("receipts: hashes: %w", err)
 	}
-	l.size = tree.Size
+	l.size, l.position = tree.Size, tree.Position
 	root, err := tlog.TreeHash(l.size, l.reader(l.size, nil))
 	if err != nil {
 		return fmt.Errorf("receipts: recompute root: %w", err)
@@ -204,6 +214,15 @@ func (l *Log) Size() (int64, tlog.Hash) {
 	return l.size, l.root
 }
 
+// Position is the JOURNAL sequence the committed tree reflects: every
+// JOURNAL message up to it was appended or skipped. 0 for a log that has
+// not followed JOURNAL (or only through Append).
+func (l *Log) Position() uint64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.position
+}
+
 // Lookup returns the leaf index of a committed fact.
 func (l *Log) Lookup(id events.FactID) (int64, bool) {
 	l.mu.RLock()
@@ -228,9 +247,19 @@ func (l *Log) Leaf(i int64) (Leaf, error) {
 // durable before it returns. A fact already in the log, or twice in
 // leaves, is not appended again. It returns how many leaves were new.
 func (l *Log) Append(leaves []Leaf) (int, error) {
+	return l.AppendThrough(leaves, l.Position())
+}
+
+// AppendThrough appends leaves as Append does and records, in the same
+// commit, that the log now reflects JOURNAL through sequence position. It
+// commits the position even when no leaf is new.
+func (l *Log) AppendThrough(leaves []Leaf, position uint64) (int, error) {
 	l.appendMu.Lock()
 	defer l.appendMu.Unlock()
-	size, _ := l.Size()
+	size, root := l.Size()
+	if position < l.Position() {
+		return 0, fmt.Errorf("receipts: append through JOURNAL sequence %d, but the log reflects %d already", position, l.Position())
+	}
 
 	fresh := make([]Leaf, 0, len(leaves))
 	seen := make(map[events.FactID]bool, len(leaves))
@@ -242,7 +271,10 @@ func (l *Log) Append(leaves []Leaf) (int, error) {
 		fresh = append(fresh, leaf)
 	}
 	if len(fresh) == 0 {
-		return 0, nil
+		if position == l.Position() {
+			return 0, nil
+		}
+		return 0, l.commit(size, root, position, nil)
 	}
 
 	records := make([]byte, len(fresh)*leafRecordSize)
@@ -272,17 +304,22 @@ func (l *Log) Append(leaves []Leaf) (int, error) {
 			return 0, err
 		}
 	}
-	if err := atomicfile.Write(filepath.Join(l.dir, treeFile), mustJSON(committedTree{Size: newSize, Root: root})); err != nil {
-		return 0, fmt.Errorf("receipts: commit tree: %w", err)
-	}
+	return len(fresh), l.commit(newSize, root, position, fresh)
+}
 
+// commit makes the tree of newSize leaves, which adds fresh to the
+// committed ones, the committed tree. Its leaves and hashes are durable.
+func (l *Log) commit(newSize int64, root tlog.Hash, position uint64, fresh []Leaf) error {
+	if err := atomicfile.Write(filepath.Join(l.dir, treeFile), mustJSON(committedTree{Size: newSize, Root: root, Position: position})); err != nil {
+		return fmt.Errorf("receipts: commit tree: %w", err)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for i, leaf := range fresh {
-		l.index[leaf.Fact] = size + int64(i)
+		l.index[leaf.Fact] = l.size + int64(i)
 	}
-	l.size, l.root = newSize, root
-	return len(fresh), nil
+	l.size, l.root, l.position = newSize, root, position
+	return nil
 }
 
 func writeDurably(f *os.File, data []byte, off int64) error {

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/factsync/factsync/events"
@@ -46,9 +47,10 @@ type Config struct {
 	// BatchSize is the most JOURNAL messages appended with one fsync.
 	// Default 512.
 	BatchSize int
-	// AckWait is how long JOURNAL waits for an ack before redelivering a
-	// fact, e.g. after a crash. Default 30s.
-	AckWait time.Duration
+	// Lease is how long the active replica's writer lease lasts without
+	// renewal: the longest a dead active replica leaves the log unsigned
+	// before a standby takes over. Default DefaultLease.
+	Lease time.Duration
 
 	// Witness lists the peers whose checkpoints this peer witnesses.
 	Witness []WatchedPeer
@@ -66,8 +68,8 @@ func (c Config) withDefaults() Config {
 	if c.BatchSize <= 0 {
 		c.BatchSize = 512
 	}
-	if c.AckWait <= 0 {
-		c.AckWait = 30 * time.Second
+	if c.Lease <= 0 {
+		c.Lease = DefaultLease
 	}
 	if c.WitnessInterval <= 0 {
 		c.WitnessInterval = 10 * time.Second
@@ -104,20 +106,21 @@ type run struct {
 	peer events.PeerID
 
 	checkpointDue chan struct{} // CheckpointEvery facts wait for a checkpoint
+	grown         chan struct{} // the log grew: a published checkpoint may now be adopted
+	active        atomic.Bool   // this replica holds the writer lease
+	pending       atomic.Uint64 // JOURNAL messages past the last one appended
 
 	appended    metric.Int64Counter
 	checkpoints metric.Int64Counter
 	malformed   metric.Int64Counter
 	forks       metric.Int64Counter
 	cosigned    metric.Int64Counter
-
-	mu        sync.Mutex
-	published int64 // size of the last checkpoint published to RECEIPTS, -1 before
 }
 
-// Run implements service.Service. It resumes the log in env.DataDir, serves
-// requests, appends JOURNAL, signs checkpoints and witnesses peers until ctx
-// is cancelled. It returns an error when the log cannot be appended to or
+// Run implements service.Service. It resumes the log in env.DataDir,
+// follows JOURNAL into it, serves requests, and campaigns for the writer
+// lease: while it holds it, it signs checkpoints and witnesses peers
+// (writer.go). It returns an error when the log cannot be appended to or
 // would fork: carrying on would lose receipts or sign a second history.
 func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	l, err := OpenLog(filepath.Join(env.DataDir, "log"))
@@ -125,8 +128,11 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 		return err
 	}
 	defer l.Close()
+	if size, _ := l.Size(); size > 0 && l.Position() == 0 {
+		return fmt.Errorf("receipts: the log in %s has %d leaves but no JOURNAL position: it was built before logs followed JOURNAL in order; move it away so the log is rebuilt from JOURNAL", filepath.Join(env.DataDir, "log"), size)
+	}
 	l.beforeCommit = s.beforeCommit
-	r := &run{cfg: s.cfg, env: env, log: l, peer: env.Peer, checkpointDue: make(chan struct{}, 1), published: -1}
+	r := &run{cfg: s.cfg, env: env, log: l, peer: env.Peer, checkpointDue: make(chan struct{}, 1), grown: make(chan struct{}, 1)}
 	if err := r.instrument(); err != nil {
 		return err
 	}
@@ -156,29 +162,24 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 		}
 		return fmt.Errorf("receipts: %w", err)
 	}
-	cons, err := journal.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       Name,
-		Description:   "appends every accepted fact to the receipts log",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		FilterSubject: events.JournalPrefix + ".>",
-		MaxAckPending: 4 * s.cfg.BatchSize,
-		AckWait:       s.cfg.AckWait,
-	})
+	w, err := r.newWriter(ctx, witnesses)
 	if err != nil {
-		return fmt.Errorf("receipts: create JOURNAL consumer: %w", err)
+		return err
 	}
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	for _, loop := range []func(context.Context) error{
-		func(ctx context.Context) error { return r.consume(ctx, cons) },
-		r.checkpointLoop,
-		func(ctx context.Context) error { return r.witnessLoop(ctx, witnesses) },
-		r.observeLag,
+		func(ctx context.Context) error { return r.follow(ctx, journal) },
+		w.adoptPublished,
+		w.campaign,
+		r.observe,
 		func(ctx context.Context) error {
-			return backlog.Watch(ctx, env.Meter, env.Clock, 0, r.logger(), backlog.Durable(env.JS, events.StreamJournal, Name))
+			return backlog.Watch(ctx, env.Meter, env.Clock, 0, r.logger(), backlog.Source{
+				Stream: events.StreamJournal, Consumer: Name,
+				Pending: func(context.Context) (uint64, error) { return r.pending.Load(), nil },
+			})
 		},
 	} {
 		wg.Go(func() {
@@ -207,7 +208,7 @@ func (r *run) instrument() error {
 		errs = append(errs, err)
 		return c
 	}
-	r.appended = counter("factsync.receipts.appended", "facts appended to the receipts log")
+	r.appended = counter("factsync.receipts.appended", "facts appended to this replica's copy of the receipts log")
 	r.checkpoints = counter("factsync.receipts.checkpoints", "checkpoints signed")
 	r.malformed = counter("factsync.receipts.malformed", "JOURNAL messages that are not an accepted fact and were skipped")
 	r.forks = counter("factsync.receipts.forks", "ALERT: forks detected, a watched peer signed two inconsistent checkpoints")
@@ -222,11 +223,24 @@ func (r *run) logger() *slog.Logger {
 	return r.env.Log
 }
 
-// consume appends JOURNAL to the log in batches: it takes what has arrived
-// (up to BatchSize), appends it with one fsync, and only then acks. A crash
-// before the ack redelivers the batch, and the log's FactID index drops
-// whatever was already appended.
-func (r *run) consume(ctx context.Context, cons jetstream.Consumer) error {
+// follow appends JOURNAL to the log in stream order, from the position the
+// log reflects, in batches: it takes what has arrived (up to BatchSize)
+// and appends it with one fsync, recording the position in the same
+// commit. Every replica follows JOURNAL, active or not, so a standby's log
+// is warm when it takes over. A crash mid-append leaves the position
+// before the batch, which is read again and appended once.
+func (r *run) follow(ctx context.Context, journal jetstream.Stream) error {
+	cons, err := journal.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{events.JournalPrefix + ".>"},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    r.log.Position() + 1,
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("receipts: JOURNAL consumer: %w", err)
+	}
 	iter, err := cons.Messages(jetstream.PullMaxMessages(2 * r.cfg.BatchSize))
 	if err != nil {
 		return fmt.Errorf("receipts: consume JOURNAL: %w", err)
@@ -248,7 +262,7 @@ func (r *run) consume(ctx context.Context, cons jetstream.Consumer) error {
 	}()
 	defer func() {
 		iter.Stop()
-		for range msgs { // unblock the reader; unacked messages are redelivered
+		for range msgs { // unblock the reader
 		}
 	}()
 	batch := make([]jetstream.Msg, 0, r.cfg.BatchSize)
@@ -273,41 +287,51 @@ func (r *run) consume(ctx context.Context, cons jetstream.Consumer) error {
 	}
 }
 
-// appendBatch appends the facts in batch and acks every message of it once
-// they are durable.
+// appendBatch appends the facts in batch, which follows the log's
+// position in JOURNAL order, and makes them durable.
 func (r *run) appendBatch(ctx context.Context, batch []jetstream.Msg) error {
 	leaves := make([]Leaf, 0, len(batch))
 	sources := make([]jetstream.Msg, 0, len(batch))
+	var through uint64
 	for _, m := range batch {
+		meta, err := m.Metadata()
+		if err != nil {
+			return fmt.Errorf("receipts: JOURNAL message without metadata: %w", err)
+		}
+		through = meta.Sequence.Stream
+		r.pending.Store(meta.NumPending)
 		leaf, err := leafOf(m)
 		if err != nil {
 			// The guard wrote something that is not an accepted fact. It can
-			// never become one, so skip it rather than block the log.
-			r.logger().Error("receipts: skipping a JOURNAL message that is not an accepted fact", "subject", m.Subject(), "err", err)
+			// never become one, so skip it (every replica does) rather than
+			// block the log.
+			r.logger().Error("receipts: skipping a JOURNAL message that is not an accepted fact", "subject", m.Subject(), "seq", through, "err", err)
 			r.malformed.Add(ctx, 1)
-			_ = m.Term()
 			continue
 		}
 		leaves, sources = append(leaves, leaf), append(sources, m)
 	}
 	spans := r.appendSpans(ctx, sources, leaves)
-	n, err := r.log.Append(leaves)
+	n, err := r.log.AppendThrough(leaves, through)
 	endSpans(spans, err)
 	if err != nil {
 		return fmt.Errorf("receipts: append to log: %w", err)
 	}
 	r.appended.Add(ctx, int64(n))
-	for _, m := range batch {
-		_ = m.Ack()
-	}
+	signal(r.grown)
 	size, _ := r.log.Size()
 	if last := r.log.LastCheckpoint(); last == nil || size-last.Size >= int64(r.cfg.CheckpointEvery) {
-		select {
-		case r.checkpointDue <- struct{}{}:
-		default:
-		}
+		signal(r.checkpointDue)
 	}
 	return nil
+}
+
+// signal wakes whoever waits on ch, without blocking.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
 }
 
 // leafOf reads the fact of a JOURNAL message. The FactID is recomputed
@@ -326,56 +350,6 @@ func leafOf(m jetstream.Msg) (Leaf, error) {
 		return Leaf{}, events.Errorf(events.ReasonMalformed, "fact %s of authority %s is on the journal subject of %s", f.ID, f.Authority, addr.Authority)
 	}
 	return Leaf{Fact: f.ID, Authority: f.Authority}, nil
-}
-
-// checkpointLoop signs a checkpoint every CheckpointInterval, or sooner
-// when CheckpointEvery facts wait, if the log grew.
-func (r *run) checkpointLoop(ctx context.Context) error {
-	ticker := r.env.Clock.NewTicker(r.cfg.CheckpointInterval)
-	defer ticker.Stop()
-	for {
-		if err := r.checkpoint(ctx); err != nil {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-ticker.C():
-		case <-r.checkpointDue:
-		}
-	}
-}
-
-// checkpoint signs a checkpoint if the log grew and publishes the last
-// signed one if RECEIPTS does not have it yet (a crash may have come
-// between storing and publishing it). A refusal to sign is fatal.
-func (r *run) checkpoint(ctx context.Context) error {
-	signed, err := r.log.SignCheckpoint(r.env.PeerKey)
-	if err != nil {
-		return err
-	}
-	if signed != nil {
-		r.checkpoints.Add(ctx, 1)
-	}
-	last := r.log.LastCheckpoint()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if last == nil || last.Size == r.published {
-		return nil
-	}
-	id := fmt.Sprintf("checkpoint:%d:%x", last.Size, last.Root[:8])
-	if _, err := r.env.JS.Publish(ctx, events.CheckpointSubject(r.peer), last.Note, jetstream.WithMsgID(id)); err != nil {
-		r.logger().Warn("receipts: publish checkpoint; retrying at the next tick", "size", last.Size, "err", err)
-		return nil
-	}
-	r.published = last.Size
-	return nil
-}
-
-// publishEvent publishes a witness event to this peer's RECEIPTS stream.
-func (r *run) publishEvent(ctx context.Context, subject, msgID string, body []byte) error {
-	_, err := r.env.JS.Publish(ctx, subject, body, jetstream.WithMsgID(msgID))
-	return err
 }
 
 func peerAttr(peer events.PeerID) metric.MeasurementOption {

@@ -1,13 +1,16 @@
 package receipts
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -35,6 +38,25 @@ type peer struct {
 	done  chan error
 	stop  context.CancelFunc
 	meter *sdkmetric.ManualReader
+	logs  *syncBuffer // what the service logged
+}
+
+// syncBuffer is a bytes.Buffer a service may log to while the test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func startServer(t *testing.T) *bustest.Harness {
@@ -49,13 +71,14 @@ func startServer(t *testing.T) *bustest.Harness {
 // start runs svc for key on h with state in dir, and waits until it is ready.
 func start(t *testing.T, h *bustest.Harness, key ed25519.PrivateKey, dir string, svc *Service) *peer {
 	t.Helper()
-	p := &peer{h: h, key: key, clock: clock.NewFake(time.Unix(1_700_000_000, 0)), dir: dir, done: make(chan error, 1), meter: sdkmetric.NewManualReader()}
+	p := &peer{h: h, key: key, clock: clock.NewFake(time.Unix(1_700_000_000, 0)), dir: dir, done: make(chan error, 1), meter: sdkmetric.NewManualReader(), logs: &syncBuffer{}}
 	ready := make(chan struct{})
 	env := &service.Env{
 		Conn: h.Conn, JS: h.JS, Clock: p.clock,
 		Meter:   sdkmetric.NewMeterProvider(sdkmetric.WithReader(p.meter)).Meter(Name),
 		Peer:    events.PeerIDOf(key.Public().(ed25519.PublicKey)),
 		PeerKey: key, DataDir: dir,
+		Log:   slog.New(slog.NewTextHandler(p.logs, nil)),
 		Ready: func() { close(ready) },
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -234,7 +257,7 @@ func TestEndToEndReceiptVerifiesOffline(t *testing.T) {
 func TestRestartAndCrashMidAppendNeverRepeatOrSkip(t *testing.T) {
 	h := startServer(t)
 	key, dir := testKey("peer"), t.TempDir()
-	cfg := Config{AckWait: time.Second}
+	cfg := Config{}
 	author := testKey("authority")
 	first, second, third := facts(t, author, "a", 5), facts(t, author, "b", 5), facts(t, author, "c", 3)
 

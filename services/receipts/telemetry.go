@@ -15,7 +15,8 @@ import (
 
 // appendSpans starts one span per fact of a batch, each continuing the
 // trace the guard put on its JOURNAL message; end them with endSpans once
-// the batch is durable in the log.
+// the batch is durable in the log. Every replica appends to its own copy
+// of the log, so each adds its span to the fact's trace.
 func (r *run) appendSpans(ctx context.Context, msgs []jetstream.Msg, leaves []Leaf) []trace.Span {
 	tracer := r.env.Tracer
 	if tracer == nil {
@@ -41,10 +42,11 @@ func endSpans(spans []trace.Span, err error) {
 	}
 }
 
-// observeLag reports factsync.receipts.lag, the facts appended to the log
-// that no signed checkpoint covers yet (so that have no receipt), until
-// ctx ends.
-func (r *run) observeLag(ctx context.Context) error {
+// observe reports, until ctx ends, factsync.receipts.lag (the facts
+// appended to the log that no signed checkpoint covers yet, so that have
+// no receipt) and factsync.receipts.writer (1 on the replica that holds
+// the writer lease, 0 on standbys).
+func (r *run) observe(ctx context.Context) error {
 	meter := r.env.Meter
 	if meter == nil {
 		return nil
@@ -54,14 +56,25 @@ func (r *run) observeLag(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	active, err := meter.Int64ObservableGauge("factsync.receipts.writer",
+		metric.WithDescription("1 on the replica that holds the writer lease and signs checkpoints, 0 on standbys"))
+	if err != nil {
+		return err
+	}
 	reg, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		size, _ := r.log.Size()
 		if last := r.log.LastCheckpoint(); last != nil {
 			size -= last.Size
 		}
-		o.ObserveInt64(lag, size, metric.WithAttributes(attribute.String("peer", string(r.peer))))
+		peer := metric.WithAttributes(attribute.String("peer", string(r.peer)))
+		o.ObserveInt64(lag, size, peer)
+		var writing int64
+		if r.active.Load() {
+			writing = 1
+		}
+		o.ObserveInt64(active, writing, peer)
 		return nil
-	}, lag)
+	}, lag, active)
 	if err != nil {
 		return err
 	}
