@@ -49,9 +49,14 @@ func NewFence(kv jetstream.KeyValue, clk clock.Clock, ttl time.Duration, holder 
 	if ttl <= 0 {
 		ttl = DefaultLease
 	}
+	return &Fence{keeper: lease.NewKeeper(kv, holderName(holder), ttl, clk)}
+}
+
+// holderName names one process of peer as a lease holder.
+func holderName(peer events.PeerID) string {
 	var nonce [6]byte
 	_, _ = rand.Read(nonce[:])
-	return &Fence{keeper: lease.NewKeeper(kv, string(holder)+"/"+hex.EncodeToString(nonce[:]), ttl, clk)}
+	return string(peer) + "/" + hex.EncodeToString(nonce[:])
 }
 
 // Lease is a held fence: its Key is the authority, its Token the fencing

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/factsync/factsync/events"
@@ -61,7 +62,8 @@ type Config struct {
 	// Settle is how far behind the clock an automatic cut is, so facts
 	// still in flight to peers fall after it; default 1 minute.
 	Settle time.Duration
-	// Lease is the writer fence's lease; default DefaultLease.
+	// Lease is the lease of the writer fences and of the active replica;
+	// default DefaultLease.
 	Lease time.Duration
 	// Keep is how many committed snapshots' contents are kept per
 	// authority; older contents are deleted (their events stay). Default 2.
@@ -90,6 +92,9 @@ func (c Config) withDefaults() Config {
 	if c.Keep <= 0 {
 		c.Keep = 2
 	}
+	if c.Lease <= 0 {
+		c.Lease = DefaultLease
+	}
 	return c
 }
 
@@ -113,6 +118,8 @@ type Service struct {
 	ready chan struct{}
 	// background counts restores started by requests; Run waits for them.
 	background sync.WaitGroup
+	// active is set while this replica holds the writer lease (active.go).
+	active atomic.Bool
 }
 
 // authState is what the triggers need about one authority.
@@ -172,7 +179,7 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	if err != nil {
 		return err
 	}
-	kvs, err := bus.ProvisionKV(ctx, env.JS, FenceBucket(), RestoreBucket())
+	kvs, err := bus.ProvisionKV(ctx, env.JS, FenceBucket(), RestoreBucket(), WriterBucket())
 	if err != nil {
 		return err
 	}
@@ -196,11 +203,13 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	if err != nil {
 		return events.Wrap(events.ReasonUnavailable, err, "snapshot: JOURNAL consumer")
 	}
-	counting, err := journal.Consume(s.count)
-	if err != nil {
-		return events.Wrap(events.ReasonUnavailable, err, "snapshot: consume JOURNAL")
+	if env.Meter != nil {
+		reg, err := s.observeAge(env.Meter)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = reg.Unregister() }()
 	}
-	defer counting.Stop()
 
 	var wg sync.WaitGroup
 	defer s.background.Wait()
@@ -219,16 +228,7 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	if env.Ready != nil {
 		env.Ready()
 	}
-	ticker := env.Clock.NewTicker(s.cfg.Tick)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-ticker.C():
-			s.trigger(ctx)
-		}
-	}
+	return s.campaign(ctx, kvs[2], journal)
 }
 
 // count notes one new fact of its authority for the triggers.
