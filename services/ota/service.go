@@ -120,6 +120,13 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	if err != nil {
 		return err
 	}
+	if env.Meter != nil {
+		reg, err := s.observeCeremonies(env.Meter)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = reg.Unregister() }()
+	}
 
 	// Any write to the OTA stream, by this replica or another, nudges
 	// the loop to catch up at once rather than at the next tick. The
