@@ -21,6 +21,11 @@ func init() {
 			cfg.Approvers = append(cfg.Approvers, events.PeerID(p))
 		}
 		cfg.EveryFacts = envIntOr("FACTSYNC_SNAPSHOT_EVERY_FACTS", 0)
+		lease, err := envLease("FACTSYNC_SNAPSHOT_LEASE")
+		if err != nil {
+			return nil, err
+		}
+		cfg.Lease = lease
 		return snapshot.New(cfg), nil
 	})
 }
