@@ -199,27 +199,6 @@ func (r *run) openWitnesses() ([]*Witness, error) {
 	return ws, nil
 }
 
-// witnessLoop polls every watched peer each WitnessInterval, publishes
-// co-signed checkpoints and fork evidence to this peer's RECEIPTS stream,
-// and counts forks in the receipts.forks alert metric.
-func (r *run) witnessLoop(ctx context.Context, ws []*Witness) error {
-	if len(ws) == 0 {
-		return nil
-	}
-	ticker := r.env.Clock.NewTicker(r.cfg.WitnessInterval)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-ticker.C():
-		}
-		for i, w := range ws {
-			r.witness(ctx, w, r.cfg.Witness[i].Source)
-		}
-	}
-}
-
 func (r *run) witness(ctx context.Context, w *Witness, src CheckpointSource) {
 	obs, err := w.Observe(ctx, src)
 	if err != nil {
