@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/shared/lease"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -19,7 +20,7 @@ import (
 //
 //	member.<replica>  {"partitions": n, "warm": [...]}  a live replica, and the
 //	                  partitions it has warmed up to take over
-//	owner.<p>         <replica>                         who answers for partition p
+//	owner.<p>         shared/lease state of <replica>   who answers for partition p
 //
 // Every LeaseTTL/4 each replica runs a round: it renews its member entry,
 // lists the live members, and gives partition p to the member at index
@@ -36,7 +37,9 @@ import (
 //   - An owner renews owner.<p> with a revision-checked update. If that
 //     fails someone else took it (after the lease expired), so it stops.
 //
-// The revision is the fencing token: a replica paused past its lease
+// The owner keys are shared/lease leases (with the bucket's TTL on top,
+// so a dead owner's key disappears). The revision is the fencing token:
+// a replica paused past its lease
 // cannot renew and so stops answering. A replica that dies stops
 // renewing; its entries expire, the others see one member less, and the
 // new desired owners warm and claim its partitions. Nothing is folded
@@ -63,9 +66,10 @@ type member struct {
 
 // leases runs the rounds of one replica.
 type leases struct {
-	r  *run
-	kv jetstream.KeyValue
-	id string
+	r      *run
+	kv     jetstream.KeyValue
+	owners *lease.Keeper // this replica's hold on owner.<p> keys
+	id     string
 
 	handingOver map[int]int // partition -> rounds it is still answered here
 	revisions   map[int]uint64
@@ -77,6 +81,7 @@ func ownerKey(p int) string { return ownerPrefix + strconv.Itoa(p) }
 // loop runs rounds until ctx ends. ready is called after the first round in which
 // every partition has an owner.
 func (l *leases) loop(ctx context.Context, ready func()) error {
+	l.owners = lease.NewKeeper(l.kv, l.id, l.r.cfg.LeaseTTL, l.r.env.Clock)
 	ticker := l.r.env.Clock.NewTicker(l.r.cfg.LeaseTTL / 4)
 	defer ticker.Stop()
 	for {
@@ -176,15 +181,15 @@ func (l *leases) members(ctx context.Context) (map[string]member, error) {
 
 // owner reads owner.<p>: "" when no one holds it.
 func (l *leases) owner(ctx context.Context, p int) (string, uint64, error) {
-	e, err := l.kv.Get(ctx, ownerKey(p))
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		return "", 0, nil
-	case err != nil:
+	st, err := l.owners.Read(ctx, ownerKey(p))
+	if err != nil {
 		return "", 0, fmt.Errorf("read owner of partition %d: %w", p, err)
 	}
-	return string(e.Value()), e.Revision(), nil
+	return st.Holder, st.Revision, nil
 }
+
+// held is this replica's lease on owner.<p> at revision rev.
+func held(p int, rev uint64) lease.Lease { return lease.Lease{Key: ownerKey(p), Token: rev} }
 
 // step moves partition p one step towards its desired owner.
 func (l *leases) step(ctx context.Context, p int, desired, owner string, rev uint64, members map[string]member) error {
@@ -210,20 +215,20 @@ func (l *leases) step(ctx context.Context, p int, desired, owner string, rev uin
 			}
 		}
 		if desired != l.id && slices.Contains(members[desired].Warm, p) {
-			if _, err := l.kv.Update(ctx, ownerKey(p), []byte(desired), rev); err == nil {
+			if err := l.owners.Transfer(ctx, held(p, rev), desired); err == nil {
 				l.handingOver[p] = handoverRounds
 				delete(l.revisions, p)
 				l.r.logger().Info("journal: handing partition over", "partition", p, "to", desired)
 				return nil
 			}
 		}
-		newRev, err := l.kv.Update(ctx, ownerKey(p), []byte(l.id), rev)
-		if err != nil {
+		renewed := held(p, rev)
+		if err := l.owners.Renew(ctx, &renewed); err != nil {
 			l.r.logger().Warn("journal: lost partition lease", "partition", p, "err", err)
 			delete(l.revisions, p)
 			return l.r.deactivate(p)
 		}
-		l.revisions[p] = newRev
+		l.revisions[p] = renewed.Token
 		if !part.isServing(ps) && ps.setServing(p, true) {
 			l.r.logger().Debug("journal: serving partition handed over", "partition", p)
 		}
@@ -237,11 +242,11 @@ func (l *leases) step(ctx context.Context, p int, desired, owner string, rev uin
 		if !part.isWarm(ps) {
 			return nil
 		}
-		newRev, err := l.kv.Create(ctx, ownerKey(p), []byte(l.id))
+		claimed, err := l.owners.Acquire(ctx, ownerKey(p))
 		if err != nil {
 			return nil // someone else claimed it first; the next round sorts it out
 		}
-		l.revisions[p] = newRev
+		l.revisions[p] = claimed.Token
 		ps.setServing(p, true)
 		l.r.logger().Debug("journal: claimed partition", "partition", p)
 		return nil
@@ -289,7 +294,7 @@ func (l *leases) release() error {
 		errs = append(errs, l.r.deactivate(part.num))
 	}
 	for p, rev := range l.revisions {
-		_ = l.kv.Delete(ctx, ownerKey(p), jetstream.LastRevision(rev))
+		l.owners.Release(ctx, held(p, rev))
 	}
 	_ = l.kv.Delete(ctx, memberPrefix+l.id)
 	return errors.Join(errs...)

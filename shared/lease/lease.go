@@ -125,6 +125,17 @@ func (k *Keeper) Renew(ctx context.Context, l *Lease) error {
 	return nil
 }
 
+// Transfer hands l over to the holder named to, from l's token, with a
+// fresh lease. The new holder renews it from the revision it reads. It
+// fails with ReasonConflict when l was lost meanwhile.
+func (k *Keeper) Transfer(ctx context.Context, l Lease, to string) error {
+	b, _ := json.Marshal(State{Holder: to, Expires: k.clock.Now().Add(k.ttl)})
+	if _, err := k.kv.Update(ctx, l.Key, b, l.Token); err != nil {
+		return lost(err, l.Key, "another holder took it over before the transfer")
+	}
+	return nil
+}
+
 // Release gives the lease up, unless another holder holds it by now.
 func (k *Keeper) Release(ctx context.Context, l Lease) {
 	_ = k.kv.Delete(ctx, l.Key, jetstream.LastRevision(l.Token))

@@ -59,8 +59,24 @@ func TestTakeoverAfterExpiryRefusesTheOldHolder(t *testing.T) {
 		t.Fatalf("after a's stale release the lease reads %+v, %v; want b's", st, err)
 	}
 	b.Release(ctx, lb)
-	if _, err := a.Acquire(ctx, "writer"); err != nil {
+	la, err = a.Acquire(ctx, "writer")
+	if err != nil {
 		t.Fatalf("a takes a released lease: %v", err)
+	}
+
+	// a hands the lease to b; b renews it from the revision it reads.
+	if err := a.Transfer(ctx, la, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Transfer(ctx, la, "a"); !events.IsReason(err, events.ReasonConflict) {
+		t.Fatalf("a transferred a lease it had handed over already: %v", err)
+	}
+	st, err := b.Read(ctx, "writer")
+	if err != nil || st.Holder != "b" {
+		t.Fatalf("after the transfer the lease reads %+v, %v; want b's", st, err)
+	}
+	if err := b.Renew(ctx, &Lease{Key: "writer", Token: st.Revision}); err != nil {
+		t.Fatalf("b renews the lease handed to it: %v", err)
 	}
 }
 
