@@ -4,6 +4,7 @@ import (
 	"compress/gzip"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -32,7 +33,7 @@ const (
 // temporary directory and returns kubeconform's -schema-location for it.
 func writeKubernetesSchemas(t *testing.T) string {
 	t.Helper()
-	dir := goList(t, "-m", "-f", "{{.Dir}}", kyamlModule)
+	dir := moduleDir(t, kyamlModule)
 	f, err := os.Open(filepath.Join(dir, filepath.FromSlash(kyamlOpenAPIData)))
 	if err != nil {
 		t.Fatalf("the Kubernetes OpenAPI definitions shipped with %s: %v", kyamlModule, err)
@@ -128,4 +129,23 @@ func forbidUnknown(node any) {
 			forbidUnknown(v)
 		}
 	}
+}
+
+// moduleDir downloads a module of the workspace (a no-op when it is in the
+// module cache) and returns its directory. `go list -m` alone names the
+// directory without fetching the module's files, which a fresh cache does
+// not hold yet.
+func moduleDir(t *testing.T, module string) string {
+	t.Helper()
+	cmd := exec.Command("go", "mod", "download", "-json", module)
+	cmd.Dir = repoRoot(t)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go mod download %s: %v\n%s", module, err, out)
+	}
+	var m struct{ Dir, Error string }
+	if err := json.Unmarshal(out, &m); err != nil || m.Dir == "" {
+		t.Fatalf("go mod download %s: no directory (%v %s)", module, err, m.Error)
+	}
+	return m.Dir
 }
