@@ -149,14 +149,22 @@ func (d *Decoder) Estimate() (estimate float64, ok bool) {
 	return max((lo+hi)/2, float64(len(d.seen))), true
 }
 
-// Sizing of requests for more symbols. Decoding takes about overhead
-// symbols per differing id; a request asks for what the estimate says is
-// missing, but never more than doubles what has arrived, so a wrong
-// estimate costs at most a round trip, not a flood.
+// Sizing of requests for more symbols. Once symbols that hold none of
+// the difference give an estimate of its size, a request asks for
+// firstJump symbols per estimated id, a little under the 1.3-1.5 that
+// decoding typically takes, and then for a further 1/minBatchFactor of
+// what has arrived at a time. A request never more than doubles what has
+// arrived, so a wrong estimate costs at most a round trip, not a flood.
+//
+// Measured over 20 seeds per size (TestBytesStayNearTheLowerBound holds
+// the result): jumping to 1.1x the estimate and then growing
+// by 1/16 sends fewer bytes and needs fewer round trips than jumping to
+// 1.4x and growing by 1/32, because an over-estimate at the jump is paid
+// in full while the small steps stop within 6% of where decoding ends.
 const (
 	FirstBatch     = 4
-	overhead       = 1.4
-	minBatchFactor = 32
+	firstJump      = 1.1
+	minBatchFactor = 16
 )
 
 // NextBatch returns how many more symbols to ask for, or 0 when done.
@@ -170,7 +178,7 @@ func (d *Decoder) NextBatch() int {
 	}
 	want := m
 	if est, ok := d.Estimate(); ok {
-		want = int(math.Ceil(overhead*est)) - m
+		want = int(math.Ceil(firstJump*est)) - m
 	}
 	want = min(max(want, 2, m/minBatchFactor), m)
 	return min(want, d.local.Size()-m)
