@@ -343,3 +343,85 @@ func TestConnectWithCredentialFiles(t *testing.T) {
 		t.Fatalf("junk seed file: got %v", err)
 	}
 }
+
+// Three embedded nodes joined by routes form a JetStream cluster that
+// holds R3 streams. Every node is given the same routes, itself among
+// them.
+func TestEmbeddedClusterHoldsReplicatedStreams(t *testing.T) {
+	ctx := ctxT(t)
+	ports := []int{bustest.FreePort(t), bustest.FreePort(t), bustest.FreePort(t)}
+	var routes []string
+	for _, p := range ports {
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", p))
+	}
+	var nodes []*server.Server
+	for i, p := range ports {
+		ns, err := bus.StartEmbedded(bus.EmbeddedConfig{
+			StoreDir: t.TempDir(), ServerName: fmt.Sprintf("n%d", i), LazySync: true,
+			Cluster: &bus.ClusterConfig{Name: "test", Port: p, Routes: routes},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+		nodes = append(nodes, ns)
+	}
+	nc := bustest.Connect(t, nodes[2].ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testStream("R3", "r3.>")
+	cfg.Replicas = 3
+	// The cluster answers once its nodes have met and elected a meta
+	// leader.
+	began := time.Now()
+	bustest.Eventually(t, 30*time.Second, func() bool {
+		actx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		return bus.Provision(actx, js, cfg) == nil
+	}, "an R3 stream provisioned")
+	t.Logf("R3 stream provisioned after %s", time.Since(began))
+	if _, err := js.Publish(ctx, "r3.x", []byte("fact")); err != nil {
+		t.Fatal(err)
+	}
+	bustest.Eventually(t, 20*time.Second, func() bool {
+		st, err := js.Stream(ctx, "R3")
+		if err != nil {
+			return false
+		}
+		info := st.CachedInfo()
+		if info.Cluster == nil || info.Cluster.Leader == "" || len(info.Cluster.Replicas) != 2 || info.State.Msgs != 1 {
+			return false
+		}
+		for _, r := range info.Cluster.Replicas {
+			if !r.Current || r.Lag != 0 {
+				return false
+			}
+		}
+		return true
+	}, "R3 has a leader and two current replicas holding the message")
+}
+
+func TestEmbeddedClusterNeedsNames(t *testing.T) {
+	for _, c := range []struct {
+		cfg  bus.EmbeddedConfig
+		want string
+	}{
+		{bus.EmbeddedConfig{ServerName: "n0", Cluster: &bus.ClusterConfig{}}, "cluster's name"},
+		{bus.EmbeddedConfig{Cluster: &bus.ClusterConfig{Name: "c"}}, "server name"},
+		{bus.EmbeddedConfig{ServerName: "n0", Cluster: &bus.ClusterConfig{Name: "c"}}, "route URLs"},
+		{bus.EmbeddedConfig{ServerName: "n0", Cluster: &bus.ClusterConfig{Name: "c", Routes: []string{"127.0.0.1"}}}, "nats-route://"},
+	} {
+		c.cfg.StoreDir = t.TempDir()
+		ns, err := bus.StartEmbedded(c.cfg)
+		if err == nil {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+			t.Fatalf("%+v started", c.cfg.Cluster)
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want it to mention %q", c.cfg.Cluster, err, c.want)
+		}
+	}
+}

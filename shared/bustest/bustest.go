@@ -4,6 +4,7 @@
 package bustest
 
 import (
+	"net"
 	"testing"
 	"time"
 
@@ -72,6 +73,19 @@ func Eventually(t testing.TB, d time.Duration, cond func() bool, msg string, arg
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago, for
+// what must know its port before it starts: a cluster node whose route
+// the other nodes name, or a process restarted on the same port.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 // Connect opens a client connection that is closed when the test ends.
