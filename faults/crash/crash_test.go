@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	mrand "math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,16 +37,6 @@ func buildFactsync(t *testing.T) string {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // server is a `factsync serve guard journal` process.
@@ -114,7 +103,7 @@ func TestCrashKillNineDuringIngest(t *testing.T) {
 	t.Logf("seed %d: %d facts, %d kills", seed, facts, kills)
 
 	began := time.Now()
-	s := &server{bin: buildFactsync(t), data: t.TempDir(), port: freePort(t)}
+	s := &server{bin: buildFactsync(t), data: t.TempDir(), port: bustest.FreePort(t)}
 	t.Logf("built factsync in %s", time.Since(began).Round(time.Millisecond))
 	s.start(t)
 	t.Cleanup(s.kill)
@@ -194,7 +183,7 @@ func TestCrashKillNineDuringIngest(t *testing.T) {
 	}, "INGRESS drained by the guard")
 
 	t.Logf("INGRESS drained after %s", time.Since(began).Round(time.Millisecond))
-	stored := readJournal(ctx, t, js, auth)
+	stored := stack.ReadJournal(ctx, t, js, auth)
 	seen := map[events.FactID]int{}
 	clean := fold.New()
 	for _, f := range stored {
@@ -228,7 +217,7 @@ func TestCrashKillNineDuringIngest(t *testing.T) {
 		want[doc.ID] = doc
 	}
 	bustest.Eventually(t, 2*time.Minute, func() bool {
-		got, err := queryAll(ctx, clientConn, d)
+		got, err := stack.QueryDocuments(ctx, clientConn, d, "crash")
 		if err != nil || len(got) != len(want) {
 			return false
 		}
@@ -241,61 +230,4 @@ func TestCrashKillNineDuringIngest(t *testing.T) {
 		}
 		return true
 	}, "the journal's %d documents equal a clean fold", len(want))
-}
-
-// readJournal returns every fact JOURNAL holds for auth, in order.
-func readJournal(ctx context.Context, t *testing.T, js jetstream.JetStream, auth events.AuthorityID) []*events.Fact {
-	t.Helper()
-	cons, err := js.OrderedConsumer(ctx, events.StreamJournal, jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.JournalAuthorityFilter(auth)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []*events.Fact
-	for {
-		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(2*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			f, err := events.DecodeFact(m.Data())
-			if err != nil {
-				t.Fatalf("JOURNAL message %s: %v", m.Subject(), err)
-			}
-			out = append(out, f)
-		}
-		if n == 0 {
-			return out
-		}
-	}
-}
-
-// queryAll reads every document of the crash collection through the guard.
-func queryAll(ctx context.Context, nc *nats.Conn, d *stack.Device) (map[string]events.Document, error) {
-	out := map[string]events.Document{}
-	cursor := ""
-	for {
-		body, _ := json.Marshal(events.QueryRequest{Selection: events.Selection{Collection: "crash", Deleted: events.IncludeDeleted}, Limit: events.MaxQueryLimit, Cursor: cursor})
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		reply, err := d.Request(rctx, nc, events.JournalProto, events.OpQuery, d.Authority(), body)
-		cancel()
-		if err != nil {
-			return nil, err
-		}
-		if r := reply.Header.Get(events.HeaderReason); r != "" {
-			return nil, fmt.Errorf("query: %s: %s", r, reply.Data)
-		}
-		var qr events.QueryReply
-		if err := json.Unmarshal(reply.Data, &qr); err != nil {
-			return nil, err
-		}
-		for _, doc := range qr.Documents {
-			out[doc.ID] = doc
-		}
-		if qr.NextCursor == "" {
-			return out, nil
-		}
-		cursor = qr.NextCursor
-	}
 }

@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -46,7 +47,12 @@ func init() {
 
 // Stack is a running server with the guard and the journal.
 type Stack struct {
+	// Server is the embedded server Start runs; nil when the stack runs
+	// against servers of its caller (StartServices).
 	Server *server.Server
+	// URL is the servers' client URL, a comma-separated list for a
+	// cluster.
+	URL string
 	// Ops is a guard-role connection for inspecting streams.
 	Ops   *nats.Conn
 	OpsJS jetstream.JetStream
@@ -61,12 +67,7 @@ type Stack struct {
 // ConnectAs.
 func Start(t testing.TB, cfg guard.Config, extra ...natsauth.User) *Stack {
 	t.Helper()
-	all := make([]natsauth.User, 0, len(Users)+len(extra))
-	for _, u := range Users {
-		all = append(all, u)
-	}
-	all = append(all, extra...)
-	configure, err := natsauth.Apply(all...)
+	configure, err := natsauth.Apply(append(RoleUsers(), extra...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,10 +76,30 @@ func Start(t testing.TB, cfg guard.Config, extra ...natsauth.User) *Stack {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	s := &Stack{Server: ns}
+	s := StartServices(t, ns.ClientURL(), 1, cfg)
+	s.Server = ns
+	return s
+}
+
+// RoleUsers are the users of Users, for natsauth.Apply.
+func RoleUsers() []natsauth.User {
+	all := make([]natsauth.User, 0, len(Users))
+	for _, u := range Users {
+		all = append(all, u)
+	}
+	return all
+}
+
+// StartServices runs the guard and the journal for the duration of the
+// test against the servers at url, which know the users of Users, with
+// streams of the given replicas (3 on a JetStream cluster).
+func StartServices(t testing.TB, url string, replicas int, cfg guard.Config) *Stack {
+	t.Helper()
+	s := &Stack{URL: url}
 	guardConn := s.Connect(t, natsauth.RoleGuard)
 	servicesConn := s.Connect(t, natsauth.RoleServices)
 	s.Ops = s.Connect(t, natsauth.RoleGuard)
+	var err error
 	if s.OpsJS, err = jetstream.New(s.Ops); err != nil {
 		t.Fatal(err)
 	}
@@ -86,12 +107,13 @@ func Start(t testing.TB, cfg guard.Config, extra ...natsauth.User) *Stack {
 	s.Peer = events.PeerIDOf(peerPub)
 	ctx, cancel := context.WithCancel(context.Background())
 	r, err := runner.Start(ctx, runner.Config{
-		Conn:         servicesConn,
-		ServiceConns: map[string]*nats.Conn{guard.Name: guardConn},
-		DataRoot:     t.TempDir(),
-		Peer:         s.Peer,
-		PeerKey:      peerKey,
-		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Conn:           servicesConn,
+		ServiceConns:   map[string]*nats.Conn{guard.Name: guardConn},
+		StreamReplicas: replicas,
+		DataRoot:       t.TempDir(),
+		Peer:           s.Peer,
+		PeerKey:        peerKey,
+		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, guard.New(cfg), journal.New(journal.Config{}))
 	if err != nil {
 		cancel()
@@ -147,7 +169,7 @@ func (s *Stack) ConnectAs(t testing.TB, u natsauth.User) *Conn {
 	if u.PrivateInbox {
 		opts = append(opts, nats.CustomInboxPrefix(natsauth.InboxPrefix(u.Name)))
 	}
-	c.Conn = bustest.Connect(t, s.Server.ClientURL(), opts...)
+	c.Conn = bustest.Connect(t, s.URL, opts...)
 	var err error
 	if c.JS, err = jetstream.New(c.Conn); err != nil {
 		t.Fatal(err)
@@ -310,4 +332,80 @@ func (d *Device) Request(ctx context.Context, nc *nats.Conn, proto, op string, a
 	m.Header.Set(events.HeaderToken, base64.StdEncoding.EncodeToString(d.Token))
 	m.Header.Set(events.HeaderAuthorityKey, hex.EncodeToString(d.AuthPub))
 	return nc.RequestMsgWithContext(ctx, m)
+}
+
+// ReadJournal returns every fact JOURNAL holds for auth, in order. It
+// reads until the consumer has nothing pending, not until a fetch comes
+// back empty: on a cluster a fetch is cut short when the stream's leader
+// changes.
+func ReadJournal(ctx context.Context, t testing.TB, js jetstream.JetStream, auth events.AuthorityID) []*events.Fact {
+	t.Helper()
+	cons, err := js.OrderedConsumer(ctx, events.StreamJournal, jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.JournalAuthorityFilter(auth)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*events.Fact
+	for {
+		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, pending := 0, uint64(0)
+		for m := range batch.Messages() {
+			n++
+			f, err := events.DecodeFact(m.Data())
+			if err != nil {
+				t.Fatalf("JOURNAL message %s: %v", m.Subject(), err)
+			}
+			out = append(out, f)
+			meta, err := m.Metadata()
+			if err != nil {
+				t.Fatal(err)
+			}
+			pending = meta.NumPending
+		}
+		if n == 0 {
+			info, err := cons.Info(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					t.Fatalf("reading JOURNAL: %v (%d facts read)", err, len(out))
+				}
+				continue
+			}
+			pending = info.NumPending
+		}
+		if pending == 0 {
+			return out
+		}
+	}
+}
+
+// QueryDocuments reads every document of coll, deleted ones too, through
+// the guard as d, by id.
+func QueryDocuments(ctx context.Context, nc *nats.Conn, d *Device, coll string) (map[string]events.Document, error) {
+	out := map[string]events.Document{}
+	cursor := ""
+	for {
+		body, _ := json.Marshal(events.QueryRequest{Selection: events.Selection{Collection: coll, Deleted: events.IncludeDeleted}, Limit: events.MaxQueryLimit, Cursor: cursor})
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		reply, err := d.Request(rctx, nc, events.JournalProto, events.OpQuery, d.Authority(), body)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		if r := reply.Header.Get(events.HeaderReason); r != "" {
+			return nil, fmt.Errorf("query: %s: %s", r, reply.Data)
+		}
+		var qr events.QueryReply
+		if err := json.Unmarshal(reply.Data, &qr); err != nil {
+			return nil, err
+		}
+		for _, doc := range qr.Documents {
+			out[doc.ID] = doc
+		}
+		if qr.NextCursor == "" {
+			return out, nil
+		}
+		cursor = qr.NextCursor
+	}
 }
