@@ -26,6 +26,9 @@ func init() {
 			return nil, err
 		}
 		cfg.Lease = lease
+		// FACTSYNC_SNAPSHOT_PRUNE=1 drops the JOURNAL history each newly
+		// committed snapshot covers, for every authority.
+		cfg.DefaultRetention.PruneJournal = envIntOr("FACTSYNC_SNAPSHOT_PRUNE", 0) == 1
 		return snapshot.New(cfg), nil
 	})
 }

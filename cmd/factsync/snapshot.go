@@ -21,11 +21,11 @@ func init() {
 func newSnapshotCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "snapshot",
-		Short: "Create, list and restore verifiable snapshots of an authority's journal",
+		Short: "Create, list, restore verifiable snapshots of an authority's journal, and prune the history they cover",
 	}
 	var authority string
 	cmd.PersistentFlags().StringVar(&authority, "authority", "", "authority id (default: the context's authority)")
-	cmd.AddCommand(newSnapshotCreate(g, &authority), newSnapshotList(g, &authority), newSnapshotRestore(g, &authority))
+	cmd.AddCommand(newSnapshotCreate(g, &authority), newSnapshotList(g, &authority), newSnapshotRestore(g, &authority), newSnapshotPrune(g, &authority))
 	return cmd
 }
 
@@ -90,6 +90,40 @@ func newSnapshotList(g *globals, authority *string) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&committed, "committed", false, "only committed snapshots")
 	return cmd
+}
+
+func newSnapshotPrune(g *globals, authority *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "prune",
+		Short: "Drop the authority's journal history that its latest committed snapshot covers",
+		Long: `Drop the authority's journal history that its latest committed snapshot covers.
+
+The snapshot service verifies the snapshot and checks that the journal before
+its cut is what the snapshot covers; the guard keeps the facts the documents
+need and removes the others. Documents do not change. Peers that need the
+removed history get the snapshot instead.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := openSnapshotAPI(cmd, g, *authority)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			var reply events.SnapshotPruned
+			if _, err := c.call(cmd.Context(), events.SnapshotProto, events.SnapshotOpPrune, events.SnapshotPruneRequest{Collection: "*"}, &reply); err != nil {
+				return err
+			}
+			g.out(cmd.OutOrStdout(), cmd.ErrOrStderr()).result(reply, func(w io.Writer) {
+				if reply.Facts == 0 {
+					fmt.Fprintf(w, "nothing to prune before %s (snapshot %s)\n", time.Unix(int64(reply.CutSeconds), 0).UTC().Format(time.RFC3339), shortSnapshot(reply.Snapshot))
+					return
+				}
+				fmt.Fprintf(w, "pruned %d facts (%d journal messages) before %s, snapshot %s; %d kept facts written again\n",
+					reply.Facts, reply.Messages, time.Unix(int64(reply.CutSeconds), 0).UTC().Format(time.RFC3339), shortSnapshot(reply.Snapshot), reply.Republished)
+			})
+			return nil
+		},
+	}
 }
 
 func printSnapshots(w io.Writer, list []events.SnapshotInfo) {

@@ -163,6 +163,11 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	if err != nil {
 		return err
 	}
+	pruneSub, err := g.servePrune(ctx)
+	if err != nil {
+		return err
+	}
+	subs = append(subs, pruneSub)
 	defer func() {
 		for _, sub := range subs {
 			_ = sub.Drain()
@@ -203,6 +208,9 @@ type running struct {
 	// protocol is the sync protocol version in force (OTA hard forks);
 	// peer requests from below it are refused.
 	protocol *events.ProtocolGate
+
+	// pruneMu runs prunes one at a time (prune.go).
+	pruneMu sync.Mutex
 
 	requestsMu     sync.Mutex
 	requestsClosed bool

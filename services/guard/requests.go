@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"time"
 
 	"github.com/factsync/factsync/events"
 	"github.com/factsync/factsync/shared/bus"
@@ -198,32 +199,13 @@ func (g *running) forward(ctx context.Context, m *nats.Msg, peer bool) (*nats.Ms
 	if err != nil {
 		return nil, err
 	}
-	authKey, err := authorityKey(m.Header, addr.Authority)
+	device, err := g.authorize(ctx, m, addr, right, now)
+	if events.ReasonOf(err) == events.ReasonNoRight {
+		if alt, ok := alternateRight(addr.Proto, addr.Op); ok {
+			device, err = g.authorize(ctx, m, addr, alt, now)
+		}
+	}
 	if err != nil {
-		return nil, err
-	}
-	token, err := base64.StdEncoding.DecodeString(m.Header.Get(events.HeaderToken))
-	if err != nil || len(token) == 0 {
-		return nil, events.Errorf(events.ReasonBadToken, "request carries no base64 token in header %s", events.HeaderToken)
-	}
-	grant, err := g.verifier.Verify(token, capability.Request{Authority: authKey, Right: right, Now: now})
-	if err != nil {
-		return nil, err
-	}
-	device := events.DeviceIDOf(grant.Device)
-	in := PolicyInput{
-		Kind:       "request",
-		Subject:    m.Subject,
-		Authority:  addr.Authority,
-		Device:     device,
-		Collection: right.Collection,
-		Op:         string(right.Op),
-		Proto:      addr.Proto,
-		RequestOp:  addr.Op,
-		Size:       len(m.Data),
-		NowMillis:  now.UnixMilli(),
-	}
-	if err := g.policy.current.Load().Decide(ctx, &in); err != nil {
 		return nil, err
 	}
 
@@ -244,6 +226,52 @@ func (g *running) forward(ctx context.Context, m *nats.Msg, peer bool) (*nats.Ms
 		return nil, events.Wrap(events.ReasonUnavailable, err, "forward to "+fwd.Subject)
 	}
 	return &nats.Msg{Header: reply.Header, Data: reply.Data}, nil
+}
+
+// alternateRight is a second right that also allows a request. Listing
+// and fetching an authority's committed snapshots reveal nothing a sync
+// session would not (the snapshot holds facts and their fold), so a peer
+// with `sync` may bootstrap from a snapshot instead of replaying every fact.
+func alternateRight(proto, op string) (capability.Right, bool) {
+	if proto == events.SnapshotProto && (op == events.SnapshotOpList || op == events.SnapshotOpFetch) {
+		return capability.Right{Collection: capability.AnyCollection, Op: capability.OpSync}, true
+	}
+	return capability.Right{}, false
+}
+
+// authorize checks that the request's token, rooted at the authority key
+// in its headers, grants right, and that the policy allows the request. It
+// returns the device the token names.
+func (g *running) authorize(ctx context.Context, m *nats.Msg, addr events.RequestAddress, right capability.Right, now time.Time) (events.DeviceID, error) {
+	authKey, err := authorityKey(m.Header, addr.Authority)
+	if err != nil {
+		return "", err
+	}
+	token, err := base64.StdEncoding.DecodeString(m.Header.Get(events.HeaderToken))
+	if err != nil || len(token) == 0 {
+		return "", events.Errorf(events.ReasonBadToken, "request carries no base64 token in header %s", events.HeaderToken)
+	}
+	grant, err := g.verifier.Verify(token, capability.Request{Authority: authKey, Right: right, Now: now})
+	if err != nil {
+		return "", err
+	}
+	device := events.DeviceIDOf(grant.Device)
+	in := PolicyInput{
+		Kind:       "request",
+		Subject:    m.Subject,
+		Authority:  addr.Authority,
+		Device:     device,
+		Collection: right.Collection,
+		Op:         string(right.Op),
+		Proto:      addr.Proto,
+		RequestOp:  addr.Op,
+		Size:       len(m.Data),
+		NowMillis:  now.UnixMilli(),
+	}
+	if err := g.policy.current.Load().Decide(ctx, &in); err != nil {
+		return "", err
+	}
+	return device, nil
 }
 
 // authorityKey reads the authority public key from the request and checks

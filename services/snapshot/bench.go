@@ -388,7 +388,7 @@ func (p *benchPeer) reconcile(ctx context.Context, auth events.AuthorityID, srcI
 // fold reads the peer's JOURNAL into documents and an index.
 func (p *benchPeer) fold(ctx context.Context, auth events.AuthorityID) (*fold.State, *negentropy.Index, error) {
 	st, ix := fold.New(), &negentropy.Index{}
-	_, err := ScanJournal(ctx, p.js, auth, func(f *events.Fact) error {
+	_, err := ScanJournal(ctx, p.js, auth, func(f *events.Fact, _ uint64) error {
 		st.Apply(f)
 		ix.Insert(ItemOf(f))
 		return nil

@@ -63,6 +63,9 @@ type Builder struct {
 	docs    map[docKey]*winners
 	index   negentropy.Index
 	tokens  map[string][]byte
+	// pruned is what this peer's prunes removed from JOURNAL before the
+	// cut: the fingerprint before the cut counts it back in (prune.go).
+	pruned *prunedSet
 }
 
 type docKey struct{ coll, id string }
@@ -151,13 +154,30 @@ func (b *Builder) Build() (*Built, error) {
 	return &Built{Content: data, Manifest: Manifest{
 		AuthorityKey: b.authKey,
 		Cut:          b.cut,
-		Summary:      IndexSummary(&b.index, b.cut, false),
+		Summary:      b.summaryBefore(),
 		Facts:        uint64(len(c.Facts)),
 		Documents:    documentCount(b.state),
 		StateDigest:  b.state.Digest(),
 		ContentHash:  sha256.Sum256(data),
 		ContentSize:  uint64(len(data)),
 	}}, nil
+}
+
+// summaryBefore is the fingerprint and count of every fact before the cut
+// this peer ever held: those in the index, and those its prunes removed.
+func (b *Builder) summaryBefore() SetSummary {
+	if b.pruned == nil {
+		return IndexSummary(&b.index, b.cut, false)
+	}
+	var sum negentropy.Accumulator
+	count := uint64(0)
+	b.index.View(func(s negentropy.Storage) {
+		end := s.LowerBound(AfterCut(b.cut))
+		sum, count = s.Sum(0, end), uint64(end)
+	})
+	sum.AddSum(&b.pruned.Sum)
+	count += b.pruned.Count
+	return SetSummary{Fingerprint: sum.Fingerprint(count), Count: count}
 }
 
 // Stamp fills in who made the snapshot, when and under which fence, and

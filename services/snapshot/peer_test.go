@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 
@@ -55,14 +56,24 @@ func startPeer(t testing.TB, rng *rand.Rand, clk clock.Clock, cfg Config) *peer 
 // run starts svc on the peer and waits until it is ready; the test's
 // cleanup stops it and waits for Run to return.
 func (p *peer) run(svc service.Service, clk clock.Clock) {
+	p.t.Helper()
+	p.t.Cleanup(p.start(svc, clk, p.t.TempDir()))
+}
+
+// start starts svc on the peer with its data in dataDir, waits until it is
+// ready, and returns what stops it and checks that Run returned nil.
+func (p *peer) start(svc service.Service, clk clock.Clock, dataDir string) (stop func()) {
 	t := p.t
 	t.Helper()
+	if err := bus.Provision(testCtx(t), p.h.JS, svc.Streams()...); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ready, done := make(chan struct{}), make(chan error, 1)
 	env := &service.Env{
 		Conn: p.h.Conn, JS: p.h.JS, Clock: clk,
 		Log:  slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Peer: p.id, PeerKey: p.key, DataDir: t.TempDir(),
+		Peer: p.id, PeerKey: p.key, DataDir: dataDir,
 		Ready: func() { close(ready) },
 	}
 	go func() { done <- svc.Run(ctx, env) }()
@@ -75,12 +86,15 @@ func (p *peer) run(svc service.Service, clk clock.Clock) {
 		cancel()
 		t.Fatalf("%s not ready within 30s", svc.Name())
 	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("%s Run: %v", svc.Name(), err)
-		}
-	})
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("%s Run: %v", svc.Name(), err)
+			}
+		})
+	}
 }
 
 // ingest publishes facts to the peer's INGRESS and waits until JOURNAL
@@ -133,7 +147,7 @@ type view struct {
 func (p *peer) view(auth events.AuthorityID) view {
 	p.t.Helper()
 	v := view{state: fold.New(), index: &negentropy.Index{}, facts: map[events.FactID]*events.Fact{}}
-	_, err := ScanJournal(testCtx(p.t), p.h.JS, auth, func(f *events.Fact) error {
+	_, err := ScanJournal(testCtx(p.t), p.h.JS, auth, func(f *events.Fact, _ uint64) error {
 		v.state.Apply(f)
 		v.index.Insert(ItemOf(f))
 		v.facts[f.ID] = f

@@ -146,6 +146,9 @@ type Restorer struct {
 	Clock   clock.Clock
 	// Policy is who must have signed the snapshots of an authority.
 	Policy func(events.AuthorityID) Policy
+	// Settled, when set, returns the cut this peer pruned an authority to:
+	// a snapshot at or before it would bring pruned facts back.
+	Settled func(context.Context, events.AuthorityID) (uint32, error)
 	// Progress, when set, receives every progress report.
 	Progress func(events.SnapshotProgress)
 	// SettleTimeout bounds the wait for the guard to accept every loaded
@@ -189,6 +192,15 @@ func (r *Restorer) Restore(ctx context.Context, src Source, auth events.Authorit
 	}
 	if found && marker.State == events.SnapshotPhaseComplete && marker.CutSeconds >= info.CutSeconds {
 		return nil, events.Errorf(events.ReasonConflict, "authority %s is restored already, to cut %d (the source's latest is %d)", auth, marker.CutSeconds, info.CutSeconds)
+	}
+	if r.Settled != nil {
+		pruned, err := r.Settled(ctx, auth)
+		if err != nil {
+			return nil, err
+		}
+		if pruned >= info.CutSeconds {
+			return nil, events.Errorf(events.ReasonConflict, "this peer pruned authority %s to cut %d already (the source's latest is %d)", auth, pruned, info.CutSeconds)
+		}
 	}
 	report := func(phase events.SnapshotPhase, done, total int64) {
 		if r.Progress != nil {

@@ -70,6 +70,11 @@ type Config struct {
 	Keep int
 	// SettleTimeout bounds a restore's wait for the guard; default 2m.
 	SettleTimeout time.Duration
+	// Retention is per-authority retention; others get DefaultRetention.
+	Retention        map[events.AuthorityID]Retention
+	DefaultRetention Retention
+	// PruneTimeout bounds the guard's work on one prune; default 2m.
+	PruneTimeout time.Duration
 
 	// afterBuild is a test hook between building a snapshot and writing
 	// it; the fence test pauses a writer there.
@@ -95,6 +100,9 @@ func (c Config) withDefaults() Config {
 	if c.Lease <= 0 {
 		c.Lease = DefaultLease
 	}
+	if c.PruneTimeout <= 0 {
+		c.PruneTimeout = defaultPruneTimeout
+	}
 	return c
 }
 
@@ -106,6 +114,7 @@ type Service struct {
 	env     *service.Env
 	log     *eventLog
 	objects jetstream.ObjectStore
+	pruned  jetstream.KeyValue // PrunedBucket
 	fence   *Fence
 	restore *Restorer
 	auths   map[events.AuthorityID]*authState
@@ -161,6 +170,14 @@ func (s *Service) Policy(auth events.AuthorityID) Policy {
 	return s.cfg.Default
 }
 
+// retention returns the retention policy of auth.
+func (s *Service) retention(auth events.AuthorityID) Retention {
+	if r, ok := s.cfg.Retention[auth]; ok {
+		return r
+	}
+	return s.cfg.DefaultRetention
+}
+
 // Run serves until ctx ends.
 func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	if env.Clock == nil {
@@ -179,7 +196,7 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	if err != nil {
 		return err
 	}
-	kvs, err := bus.ProvisionKV(ctx, env.JS, FenceBucket(), RestoreBucket(), WriterBucket())
+	kvs, err := bus.ProvisionKV(ctx, env.JS, FenceBucket(), RestoreBucket(), WriterBucket(), PrunedBucket())
 	if err != nil {
 		return err
 	}
@@ -188,9 +205,9 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 		return err
 	}
 	s.mu.Lock()
-	s.env, s.log, s.objects = env, evlog, objects[0]
+	s.env, s.log, s.objects, s.pruned = env, evlog, objects[0], kvs[3]
 	s.fence = NewFence(kvs[0], env.Clock, s.cfg.Lease, env.Peer)
-	s.restore = &Restorer{JS: env.JS, Markers: kvs[1], Clock: env.Clock, Policy: s.Policy, SettleTimeout: s.cfg.SettleTimeout}
+	s.restore = &Restorer{JS: env.JS, Markers: kvs[1], Clock: env.Clock, Policy: s.Policy, Settled: s.settledCut, SettleTimeout: s.cfg.SettleTimeout}
 	s.mu.Unlock()
 
 	journal, err := env.JS.CreateOrUpdateConsumer(ctx, events.StreamJournal, jetstream.ConsumerConfig{
@@ -294,7 +311,7 @@ func (s *Service) Create(ctx context.Context, auth events.AuthorityID, cut uint3
 	}
 	s.mu.Unlock()
 
-	b, err := BuildFromJournal(ctx, env.JS, auth, cut)
+	b, _, _, err := s.build(ctx, auth, cut, nil)
 	if err != nil {
 		return events.SnapshotInfo{}, err
 	}
@@ -329,10 +346,17 @@ func (s *Service) Create(ctx context.Context, auth events.AuthorityID, cut uint3
 		st.lastMade = now
 	}
 	s.mu.Unlock()
-	s.prune(ctx, auth)
+	s.dropOldContents(ctx, auth)
 	var info events.SnapshotInfo
-	err = s.log.read(ctx, func(l *Ledger) { info, _ = l.Get(id) })
-	return info, err
+	if err := s.log.read(ctx, func(l *Ledger) { info, _ = l.Get(id) }); err != nil {
+		return info, err
+	}
+	if info.Committed && s.retention(auth).PruneJournal {
+		if _, err := s.pruneFenced(ctx, auth, creds); err != nil && ctx.Err() == nil {
+			s.env.Log.Warn("snapshot: prune after commit failed; the history stays", "authority", auth, "snapshot", shortID(id), "err", err)
+		}
+	}
+	return info, nil
 }
 
 // gatherApprovals asks every approver, in parallel, and records each valid
@@ -388,7 +412,7 @@ func (s *Service) Approve(ctx context.Context, manifest []byte) (events.Snapshot
 	if err != nil {
 		return events.SnapshotSignature{}, err
 	}
-	b, err := BuildFromJournal(ctx, s.env.JS, m.Authority(), m.Cut)
+	b, _, _, err := s.build(ctx, m.Authority(), m.Cut, nil)
 	if err != nil {
 		return events.SnapshotSignature{}, err
 	}
@@ -408,10 +432,10 @@ func (s *Service) Approve(ctx context.Context, manifest []byte) (events.Snapshot
 	return Sign(s.env.PeerKey, manifest), nil
 }
 
-// prune deletes the contents of auth's committed snapshots beyond the
-// newest Keep, and of proposals older than the newest commit that never
-// committed.
-func (s *Service) prune(ctx context.Context, auth events.AuthorityID) {
+// dropOldContents deletes the contents of auth's committed snapshots
+// beyond the newest Keep, and of proposals older than the newest commit
+// that never committed.
+func (s *Service) dropOldContents(ctx context.Context, auth events.AuthorityID) {
 	var list []events.SnapshotInfo
 	if err := s.log.read(ctx, func(l *Ledger) { list = l.List(auth, false) }); err != nil {
 		return
@@ -582,6 +606,22 @@ func (s *Service) handle(ctx context.Context, m *nats.Msg) (any, error) {
 		}
 		sig, err := s.Approve(ctx, req.Manifest)
 		return events.SnapshotApproveReply{Signature: sig}, err
+	case events.SnapshotOpPrune:
+		var req events.SnapshotPruneRequest
+		if err := decode(m, &req); err != nil {
+			return nil, err
+		}
+		creds, err := callerCredentials(m.Header, auth)
+		if err != nil {
+			return nil, err
+		}
+		return s.Prune(ctx, auth, creds)
+	case events.SnapshotOpFloor:
+		var req events.SnapshotFloorRequest
+		if err := decode(m, &req); err != nil {
+			return nil, err
+		}
+		return s.Floor(ctx, auth)
 	case events.SnapshotOpRestore:
 		var req events.SnapshotRestoreRequest
 		if err := decode(m, &req); err != nil {

@@ -191,16 +191,16 @@ func TestTamperedSnapshotIsRefusedWithReason(t *testing.T) {
 	d := startPeer(t, cl.rng, cl.clk, noTriggers)
 	honest := PeerSource{Conn: bustest.Connect(t, cl.a.h.URL()), Credentials: cl.w.creds()}
 
-	// The guard fronts fetches: a token without the snapshot right gets
-	// nothing.
-	rights, _ := capability.ParseRights([]string{"*:read", "*:sync"})
+	// The guard fronts fetches: a token with neither the snapshot right nor
+	// the sync right (which may list and fetch, for bootstrap) gets nothing.
+	rights, _ := capability.ParseRights([]string{"*:read", "*:write"})
 	readOnly, err := capability.Mint(cl.w.authPriv, cl.w.devPub, rights, testNow.Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
 	noRight := PeerSource{Conn: honest.Conn, Credentials: Credentials{Token: readOnly, AuthorityKey: cl.w.authPub}}
 	if _, err := d.snap.Restore(ctx, auth, noRight); !events.IsReason(err, events.ReasonNoRight) {
-		t.Fatalf("restore with a token lacking the snapshot right: %v", err)
+		t.Fatalf("restore with a token lacking the snapshot and sync rights: %v", err)
 	}
 	if _, err := cl.a.snap.Create(ctx, auth, uint32(testNow.Unix())+60, cl.w.creds()); !events.IsReason(err, events.ReasonMalformed) {
 		t.Fatalf("snapshot at a cut in the future: %v", err)

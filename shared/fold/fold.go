@@ -135,6 +135,34 @@ func (d *doc) document(coll, id string) Document {
 	return out
 }
 
+// Needed reports whether f is one of the facts that rebuild s, s being
+// the fold of a fact set that holds f: its document's greatest delete, the
+// winning put of one of its visible fields, or its latest fact. Folding
+// exactly the facts of the set that are Needed gives s again (the same
+// greatest deletes, field winners and latest versions), and folding them
+// with any other facts gives what folding the whole set with those facts
+// would: the fold is a join, and the facts left out each lose to one kept.
+// A snapshot's content and a prune's kept facts are the Needed ones.
+func (s *State) Needed(f *events.Fact) bool {
+	d := s.collections[f.Collection()][f.Document()]
+	if d == nil {
+		return false
+	}
+	v := events.VersionOf(f)
+	if v == d.latest || v == d.deleted {
+		return true
+	}
+	if f.IsDelete() {
+		return false
+	}
+	for name := range f.Fields() {
+		if fl, ok := d.fields[name]; ok && fl.version == v {
+			return true
+		}
+	}
+	return false
+}
+
 // Get returns one document, including a deleted one (Deleted set).
 func (s *State) Get(coll, id string) (Document, bool) {
 	d, ok := s.collections[coll][id]

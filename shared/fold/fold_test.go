@@ -313,3 +313,60 @@ func BenchmarkApply(b *testing.B) {
 		s.Apply(facts[i%len(facts)])
 	}
 }
+
+// TestNeededFactsRebuildTheState: folding only the Needed facts of a set
+// gives the set's State, and so does folding them with any further facts
+// (what a pruned journal holds: the kept facts and those after the cut).
+func TestNeededFactsRebuildTheState(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		before := rapid.SliceOfN(rapid.Custom(genFact), 0, 30).Draw(t, "before")
+		after := rapid.SliceOfN(rapid.Custom(genFact), 0, 10).Draw(t, "after")
+		all, cut := fold.New(), fold.New()
+		for _, f := range before {
+			all.Apply(f)
+			cut.Apply(f)
+		}
+		for _, f := range after {
+			all.Apply(f)
+		}
+		kept, pruned := fold.New(), fold.New()
+		n := 0
+		for _, f := range before {
+			if cut.Needed(f) {
+				n++
+				kept.Apply(f)
+				pruned.Apply(f)
+			}
+		}
+		for _, f := range after {
+			pruned.Apply(f)
+		}
+		if kept.Digest() != cut.Digest() {
+			t.Fatalf("the %d needed facts of %d fold to another state", n, len(before))
+		}
+		if pruned.Digest() != all.Digest() {
+			t.Fatalf("the needed facts and the %d after them fold to another state than every fact", len(after))
+		}
+	})
+}
+
+// TestSupersededFactsAreNotNeeded: a put overwritten in every field and a
+// delete followed by a greater one are not needed; the winners are.
+func TestSupersededFactsAreNotNeeded(t *testing.T) {
+	old := sign(t, deviceKeys[0], events.HLC{WallMillis: 1}, "tasks", "a", map[string]any{"title": 1})
+	newer := sign(t, deviceKeys[0], events.HLC{WallMillis: 2}, "tasks", "a", map[string]any{"title": 2})
+	del1 := sign(t, deviceKeys[0], events.HLC{WallMillis: 3}, "tasks", "b", nil)
+	del2 := sign(t, deviceKeys[0], events.HLC{WallMillis: 4}, "tasks", "b", nil)
+	s := fold.New()
+	for _, f := range []*events.Fact{old, newer, del1, del2} {
+		s.Apply(f)
+	}
+	for f, want := range map[*events.Fact]bool{old: false, newer: true, del1: false, del2: true} {
+		if got := s.Needed(f); got != want {
+			t.Errorf("Needed(%s) = %v, want %v", f.ID, got, want)
+		}
+	}
+	if other := sign(t, deviceKeys[0], events.HLC{WallMillis: 5}, "notes", "z", nil); s.Needed(other) {
+		t.Errorf("a fact of a document the state does not hold is needed")
+	}
+}

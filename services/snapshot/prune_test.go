@@ -1,0 +1,347 @@
+package snapshot
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"encoding/json"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/services/journal"
+	"github.com/factsync/factsync/services/receipts"
+	"github.com/factsync/factsync/shared/bustest"
+	"github.com/factsync/factsync/shared/capability"
+	"github.com/factsync/factsync/shared/clock"
+	"github.com/factsync/factsync/shared/fold"
+	"github.com/nats-io/nats.go"
+)
+
+// selfApproved is a peer that commits its own snapshots (threshold 1).
+var selfApproved = Config{EveryFacts: -1, EveryTime: -1, Default: Policy{Threshold: 1}}
+
+// request sends a JSON request to subject with token's credentials and
+// decodes the reply into out, or returns the error reply.
+func request(t *testing.T, nc *nats.Conn, subject string, w *writer, token []byte, body, out any) error {
+	t.Helper()
+	m := nats.NewMsg(subject)
+	m.Header = Credentials{Token: token, AuthorityKey: w.authPub}.Header(w.auth())
+	m.Data, _ = json.Marshal(body)
+	resp, err := nc.RequestMsgWithContext(testCtx(t), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Header.Get(events.HeaderReason) != "" {
+		if e := events.DecodeError(resp.Data); e != nil {
+			return e
+		}
+		return events.Errorf(events.Reason(resp.Header.Get(events.HeaderReason)), "%s", resp.Data)
+	}
+	if out != nil {
+		if err := json.Unmarshal(resp.Data, out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return nil
+}
+
+// documents asks the peer's journal, through its guard, for every document
+// of the history's collections, deleted ones included.
+func (p *peer) documents(t *testing.T, w *writer) map[string]events.Document {
+	t.Helper()
+	out := map[string]events.Document{}
+	for _, coll := range []string{"notes", "tasks"} {
+		req := events.QueryRequest{Selection: events.Selection{Collection: coll, Deleted: events.IncludeDeleted}, Limit: 1000}
+		for {
+			var reply events.QueryReply
+			if err := request(t, p.h.Conn, events.APISubject(events.JournalProto, events.OpQuery, w.auth()), w, w.token, req, &reply); err != nil {
+				if events.IsReason(err, events.ReasonUnavailable) {
+					return nil // no journal replica answers yet
+				}
+				t.Fatal(err)
+			}
+			for _, d := range reply.Documents {
+				out[coll+"/"+d.ID] = d
+			}
+			if reply.NextCursor == "" {
+				break
+			}
+			req.Cursor = reply.NextCursor
+		}
+	}
+	return out
+}
+
+// foldedDocuments renders a fold state as documents keyed like documents.
+func foldedDocuments(st *fold.State) map[string]events.Document {
+	out := map[string]events.Document{}
+	for _, coll := range st.Collections() {
+		for d := range st.Documents(coll) {
+			out[coll+"/"+d.ID] = d
+		}
+	}
+	return out
+}
+
+// sameDocuments compares documents by their JSON, as a client sees them.
+func sameDocuments(a, b map[string]events.Document) bool {
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return bytes.Equal(ja, jb)
+}
+
+// receiptsSize is the size of the peer's last published receipts
+// checkpoint, 0 before the first.
+func (p *peer) receiptsSize(t *testing.T) int64 {
+	t.Helper()
+	s, err := p.h.JS.Stream(testCtx(t), events.StreamReceipts)
+	if err != nil {
+		return 0
+	}
+	m, err := s.GetLastMsgForSubject(testCtx(t), events.CheckpointSubject(p.id))
+	if err != nil {
+		return 0
+	}
+	text, _, _ := bytes.Cut(m.Data, []byte("\n\n"))
+	c, err := receipts.ParseCheckpoint(string(text) + "\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Size
+}
+
+// TestPruneKeepsDocumentsThroughQueriesAndRestarts: a peer prunes the
+// history its committed snapshot covers. JOURNAL then holds the
+// snapshot's facts and those after the cut; the journal answers the same
+// documents before and after a restart; the receipts log appends neither
+// the facts written again nor anything twice, and carries on after a
+// restart.
+func TestPruneKeepsDocumentsThroughQueriesAndRestarts(t *testing.T) {
+	rng := rand.New(rand.NewPCG(31, 31))
+	clk := clock.NewFake(testNow)
+	w := newWriter(t, rng)
+	history := w.history(t, rng, 600, 20)
+	cut := history[400].HLC.Seconds()
+	p := startPeer(t, rng, clk, selfApproved)
+	journalDir, receiptsDir := t.TempDir(), t.TempDir()
+	stopJournal := p.start(journal.New(journal.Config{}), clock.Real{}, journalDir)
+	stopReceipts := p.start(receipts.New(receipts.Config{}), clock.Real{}, receiptsDir)
+	t.Cleanup(func() { stopJournal(); stopReceipts() })
+	p.ingest(w, history)
+
+	want := fold.New()
+	before, after := map[events.FactID]bool{}, map[events.FactID]bool{}
+	for _, f := range history {
+		want.Apply(f)
+		if BeforeCut(f, cut) {
+			before[f.ID] = true
+		} else {
+			after[f.ID] = true
+		}
+	}
+	wantDocs := foldedDocuments(want)
+	bustest.Eventually(t, 30*time.Second, func() bool { return sameDocuments(p.documents(t, w), wantDocs) }, "the journal folds the history")
+	bustest.Eventually(t, 30*time.Second, func() bool { return p.receiptsSize(t) == int64(len(history)) }, "the receipts log holds the history")
+
+	ctx, auth := testCtx(t), w.auth()
+	info, err := p.snap.Create(ctx, auth, cut, w.creds())
+	if err != nil || !info.Committed {
+		t.Fatalf("snapshot: committed=%v err=%v", info.Committed, err)
+	}
+	pruned, err := p.snap.Prune(ctx, auth, w.creds())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pruned.Facts != uint64(len(before))-info.Facts || pruned.Snapshot != info.ID {
+		t.Fatalf("pruned %d facts under snapshot %s; want the %d facts before the cut less the snapshot's %d, under %s", pruned.Facts, shortID(pruned.Snapshot), len(before), info.Facts, shortID(info.ID))
+	}
+
+	// JOURNAL: the snapshot's facts, every fact after the cut, the same fold.
+	v := p.view(auth)
+	if v.state.Digest() != want.Digest() {
+		t.Fatal("the pruned JOURNAL folds to other documents")
+	}
+	kept := 0
+	for id := range v.facts {
+		switch {
+		case before[id]:
+			kept++
+		case !after[id]:
+			t.Fatalf("JOURNAL holds fact %s, which is not of the history", id)
+		}
+	}
+	for id := range after {
+		if v.facts[id] == nil {
+			t.Fatalf("fact %s after the cut is gone", id)
+		}
+	}
+	if uint64(kept) != info.Facts {
+		t.Fatalf("JOURNAL keeps %d facts before the cut; the snapshot holds %d", kept, info.Facts)
+	}
+
+	// Queries, before and after the journal restarts from its checkpoint
+	// (which may name a message the prune removed).
+	if got := p.documents(t, w); !sameDocuments(got, wantDocs) {
+		t.Fatalf("after the prune the journal answers %d documents, want %d", len(got), len(wantDocs))
+	}
+	stopJournal()
+	stopJournal = p.start(journal.New(journal.Config{}), clock.Real{}, journalDir)
+	bustest.Eventually(t, 30*time.Second, func() bool { return sameDocuments(p.documents(t, w), wantDocs) }, "the restarted journal answers the documents of the whole history")
+
+	// Receipts: a new fact is the only leaf added, before and after a
+	// restart of the service.
+	more := []*events.Fact{w.fact(t, "notes", "late-1", testNow.Add(-time.Minute), 0, map[string]any{"n": 1})}
+	p.ingest(w, more)
+	bustest.Eventually(t, 30*time.Second, func() bool { return p.receiptsSize(t) == int64(len(history)+1) }, "the receipts log grows by the new fact only")
+	stopReceipts()
+	stopReceipts = p.start(receipts.New(receipts.Config{}), clock.Real{}, receiptsDir)
+	p.ingest(w, []*events.Fact{w.fact(t, "notes", "late-2", testNow.Add(-time.Minute), 1, map[string]any{"n": 2})})
+	bustest.Eventually(t, 30*time.Second, func() bool { return p.receiptsSize(t) == int64(len(history)+2) }, "the restarted receipts log grows by the new fact only")
+	if got := p.receiptsSize(t); got != int64(len(history)+2) {
+		t.Fatalf("receipts log size %d, want %d", got, len(history)+2)
+	}
+
+	// Pruning again to the same snapshot removes nothing.
+	again, err := p.snap.Prune(ctx, auth, w.creds())
+	if err != nil || again.Facts != 0 {
+		t.Fatalf("second prune: %+v, %v; want nothing removed", again, err)
+	}
+}
+
+// TestLaterSnapshotOfAPrunedPeerIsApprovedByFullHistoryPeers: after A
+// prunes, its fingerprints before a later cut still count the facts it
+// removed, so B and C, which hold the whole history, approve A's next
+// snapshot, and A approves theirs. A cut before A's prune cannot be built
+// on A any more.
+func TestLaterSnapshotOfAPrunedPeerIsApprovedByFullHistoryPeers(t *testing.T) {
+	cl := newCluster(t, 32, 600, 20)
+	ctx, auth := testCtx(t), cl.w.auth()
+	first, err := cl.a.snap.Create(ctx, auth, cl.cut, cl.w.creds())
+	if err != nil || !first.Committed {
+		t.Fatalf("first snapshot: committed=%v err=%v", first.Committed, err)
+	}
+	pruned, err := cl.a.snap.Prune(ctx, auth, cl.w.creds())
+	if err != nil || pruned.Facts == 0 {
+		t.Fatalf("prune: %+v, %v", pruned, err)
+	}
+	if got := cl.a.journalFacts(auth); got >= uint64(len(cl.history)) {
+		t.Fatalf("A's JOURNAL holds %d facts after the prune, the history is %d", got, len(cl.history))
+	}
+
+	cut2 := cl.history[550].HLC.Seconds()
+	second, err := cl.a.snap.Create(ctx, auth, cut2, cl.w.creds())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantCount := 0
+	for _, f := range cl.history {
+		if BeforeCut(f, cut2) {
+			wantCount++
+		}
+	}
+	if !second.Committed || len(second.Signatures) != 3 || second.Count != uint64(wantCount) {
+		t.Fatalf("A's snapshot after its prune: committed=%v, %d signatures, count %d; want committed by A, B and C over all %d facts before the cut",
+			second.Committed, len(second.Signatures), second.Count, wantCount)
+	}
+
+	cl.b.snap.cfg.Approvers = []events.PeerID{cl.a.id}
+	cl.b.snap.cfg.Ask = askPeers(cl.a)
+	theirs, err := cl.b.snap.Create(ctx, auth, cl.history[580].HLC.Seconds(), cl.w.creds())
+	if err != nil || !theirs.Committed {
+		t.Fatalf("B's snapshot approved by the pruned A: committed=%v err=%v", theirs.Committed, err)
+	}
+	built, _, _, err := cl.b.snap.build(ctx, auth, cl.history[100].HLC.Seconds(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	early, err := built.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest := early.Stamp(cl.b.key.Public().(ed25519.PublicKey), testNow, 1)
+	if _, err := cl.a.snap.Approve(ctx, manifest); !events.IsReason(err, events.ReasonConflict) {
+		t.Fatalf("A approving a cut before its prune: %v; want conflict", err)
+	}
+}
+
+func TestPruneIsRefusedWithoutACommittedSnapshot(t *testing.T) {
+	rng := rand.New(rand.NewPCG(33, 33))
+	clk := clock.NewFake(testNow)
+	w := newWriter(t, rng)
+	history := w.history(t, rng, 300, 10)
+	p := startPeer(t, rng, clk, noTriggers) // threshold 2, no approver: nothing commits
+	p.ingest(w, history)
+	ctx, auth := testCtx(t), w.auth()
+	info, err := p.snap.Create(ctx, auth, history[200].HLC.Seconds(), w.creds())
+	if err != nil || info.Committed {
+		t.Fatalf("proposal: committed=%v err=%v; want an open proposal", info.Committed, err)
+	}
+	_, err = p.snap.Prune(ctx, auth, w.creds())
+	if !events.IsReason(err, events.ReasonNotFound) {
+		t.Fatalf("prune without a committed snapshot: %v; want not_found", err)
+	}
+	if got := p.journalFacts(auth); got != uint64(len(history)) {
+		t.Fatalf("JOURNAL holds %d facts, want all %d", got, len(history))
+	}
+}
+
+// TestPruneIsRefusedWithoutAuthority: a token without the `snapshot` right
+// is refused by the guard both at the API and at the guard's own prune
+// operation, and the guard refuses a plan that would remove facts after the
+// cut even with the right. JOURNAL is untouched throughout.
+func TestPruneIsRefusedWithoutAuthority(t *testing.T) {
+	rng := rand.New(rand.NewPCG(34, 34))
+	clk := clock.NewFake(testNow)
+	w := newWriter(t, rng)
+	history := w.history(t, rng, 300, 10)
+	cut := history[200].HLC.Seconds()
+	p := startPeer(t, rng, clk, selfApproved)
+	p.ingest(w, history)
+	ctx, auth := testCtx(t), w.auth()
+	if info, err := p.snap.Create(ctx, auth, cut, w.creds()); err != nil || !info.Committed {
+		t.Fatalf("snapshot: committed=%v err=%v", info.Committed, err)
+	}
+	rights, _ := capability.ParseRights([]string{"*:write", "*:read", "*:sync"})
+	noSnapshot, err := capability.Mint(w.authPriv, w.devPub, rights, testNow.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	err = request(t, p.h.Conn, events.APISubject(events.SnapshotProto, events.SnapshotOpPrune, auth), w, noSnapshot, events.SnapshotPruneRequest{Collection: "*"}, nil)
+	if !events.IsReason(err, events.ReasonNoRight) {
+		t.Fatalf("prune through the API without the snapshot right: %v; want no_right", err)
+	}
+	guardPrune := events.ServiceSubject(events.GuardProto, events.GuardOpPrune, auth)
+	beforeCut := uint64(0)
+	for _, f := range history {
+		if BeforeCut(f, cut) {
+			beforeCut++
+		}
+	}
+	everything := map[string]uint64{"notes": 1 << 40, "tasks": 1 << 40}
+	plan := events.GuardPruneRequest{Snapshot: "x", CutSeconds: cut, Below: everything, BeforeCut: beforeCut, Purge: uint64(len(history))}
+	if err := request(t, p.h.Conn, guardPrune, w, noSnapshot, plan, nil); !events.IsReason(err, events.ReasonNoRight) {
+		t.Fatalf("the guard's prune without the snapshot right: %v; want no_right", err)
+	}
+	// With the right, the guard still checks the plan against JOURNAL: it
+	// removes only what the fold does not need, whatever the plan claims.
+	if err := request(t, p.h.Conn, guardPrune, w, w.token, plan, nil); !events.IsReason(err, events.ReasonConflict) {
+		t.Fatalf("a plan claiming to remove every fact: %v; want conflict", err)
+	}
+	plan.BeforeCut++
+	if err := request(t, p.h.Conn, guardPrune, w, w.token, plan, nil); !events.IsReason(err, events.ReasonConflict) {
+		t.Fatalf("a plan made from another JOURNAL: %v; want conflict", err)
+	}
+	if got := p.journalFacts(auth); got != uint64(len(history)) {
+		t.Fatalf("JOURNAL holds %d facts, want all %d", got, len(history))
+	}
+	// With the right, through the API, the prune runs.
+	var pruned events.SnapshotPruned
+	if err := request(t, p.h.Conn, events.APISubject(events.SnapshotProto, events.SnapshotOpPrune, auth), w, w.token, events.SnapshotPruneRequest{Collection: "*"}, &pruned); err != nil {
+		t.Fatal(err)
+	}
+	if pruned.Facts == 0 || p.journalFacts(auth) != uint64(len(history))-pruned.Facts {
+		t.Fatalf("pruned %+v; JOURNAL holds %d of %d facts", pruned, p.journalFacts(auth), len(history))
+	}
+}
