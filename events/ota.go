@@ -2,7 +2,6 @@ package events
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -29,8 +28,9 @@ import (
 //	fs.ota.aborted.<proposal>       the ceremony aborted, with its reason
 //	fs.ota.active.protocol          ActiveVersion: the protocol version peers must speak
 //
-// Every event on the first six subjects is an OTAEvent (JSON); the last
-// subject carries an ActiveVersion (JSON).
+// Every event on the first six subjects is an OTAEvent, the last subject
+// carries an ActiveVersion; both travel as their events/v1 protobuf
+// messages (EncodeOTAEvent, EncodeActiveVersion in ota_wire.go).
 
 // ProtocolVersion is the sync protocol version this build speaks. A hard
 // fork raises it in the release it ships.
@@ -301,15 +301,7 @@ func LoadActiveVersion(ctx context.Context, js jetstream.JetStream) (ActiveVersi
 	if err != nil {
 		return ActiveVersion{}, Wrap(ReasonUnavailable, err, "read the active protocol version")
 	}
-	return decodeActiveVersion(msg.Data)
-}
-
-func decodeActiveVersion(data []byte) (ActiveVersion, error) {
-	var a ActiveVersion
-	if err := json.Unmarshal(data, &a); err != nil || a.Protocol == 0 {
-		return ActiveVersion{}, Errorf(ReasonMalformed, "message on %s is not an active version", OTAActiveSubject)
-	}
-	return a, nil
+	return DecodeActiveVersion(msg.Data)
 }
 
 // ProtocolGate tracks the ActiveVersion in force and admits or refuses
@@ -347,7 +339,7 @@ func (g *ProtocolGate) Watch(ctx context.Context, js jetstream.JetStream) error 
 		return Wrap(ReasonUnavailable, err, "watch the active protocol version")
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
-		if a, err := decodeActiveVersion(m.Data()); err == nil {
+		if a, err := DecodeActiveVersion(m.Data()); err == nil {
 			g.Set(a)
 		}
 	})

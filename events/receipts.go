@@ -1,7 +1,9 @@
 package events
 
 import (
+	eventsv1 "github.com/factsync/factsync/events/v1"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/mod/sumdb/tlog"
 )
 
 // Receipts subjects, all under fs.receipts and kept in the RECEIPTS stream
@@ -10,6 +12,9 @@ import (
 //	fs.receipts.checkpoint.<peer>            checkpoints <peer> signed of its own log
 //	fs.receipts.cosigned.<peer>.<witness>    <peer>'s checkpoints co-signed by this peer as <witness>
 //	fs.receipts.fork.<peer>                  evidence that <peer> signed two inconsistent checkpoints
+//
+// Checkpoints and co-signed checkpoints are C2SP signed notes (text);
+// fork evidence is an eventsv1.ReceiptsFork (EncodeForkEvidence).
 
 // CosignedSubject carries peer's checkpoints after witness verified them
 // consistent with every earlier one it saw and added its signature.
@@ -37,4 +42,60 @@ func ReceiptsStream() jetstream.StreamConfig {
 		DenyDelete:  true,
 		DenyPurge:   true,
 	}
+}
+
+// ForkEvidence shows that a peer signed two checkpoints that are not
+// consistent. When both have one size, the two signed roots alone prove
+// the fork. Otherwise Proof is the consistency proof the peer itself gave
+// between them, which does not verify: anyone can check that with
+// receipts.VerifyConsistency, and an honest log can always give one that
+// does. It travels on ForkSubject as an eventsv1.ReceiptsFork.
+type ForkEvidence struct {
+	Peer    PeerID         `json:"peer"`
+	Witness PeerID         `json:"witness"`
+	Older   string         `json:"older"` // signed checkpoint seen first (or the smaller one)
+	Newer   string         `json:"newer"`
+	Proof   tlog.TreeProof `json:"proof"`
+	Detail  string         `json:"detail"`
+}
+
+// EncodeForkEvidence encodes ev as an eventsv1.ReceiptsFork.
+func EncodeForkEvidence(ev ForkEvidence) ([]byte, error) {
+	m := &eventsv1.ReceiptsFork{
+		Peer:    string(ev.Peer),
+		Witness: string(ev.Witness),
+		Older:   []byte(ev.Older),
+		Newer:   []byte(ev.Newer),
+		Detail:  ev.Detail,
+	}
+	for _, h := range ev.Proof {
+		m.Proof = append(m.Proof, h[:])
+	}
+	return encodeEvent("fork evidence", m)
+}
+
+// DecodeForkEvidence decodes fork evidence; a proof hash that is not 32
+// bytes is refused with ReasonMalformed. Whether the evidence shows a fork
+// is for receipts.VerifyConsistency to say.
+func DecodeForkEvidence(data []byte) (ForkEvidence, error) {
+	var m eventsv1.ReceiptsFork
+	if err := decodeEvent("fork evidence", data, &m); err != nil {
+		return ForkEvidence{}, err
+	}
+	ev := ForkEvidence{
+		Peer:    PeerID(m.GetPeer()),
+		Witness: PeerID(m.GetWitness()),
+		Older:   string(m.GetOlder()),
+		Newer:   string(m.GetNewer()),
+		Detail:  m.GetDetail(),
+	}
+	for i, b := range m.GetProof() {
+		var h tlog.Hash
+		if len(b) != len(h) {
+			return ForkEvidence{}, Errorf(ReasonMalformed, "fork evidence proof hash %d is %d bytes, want %d", i, len(b), len(h))
+		}
+		copy(h[:], b)
+		ev.Proof = append(ev.Proof, h)
+	}
+	return ev, nil
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -186,8 +185,8 @@ it stopped when run again.`,
 				case <-time.After(restoreWait):
 					return events.Errorf(events.ReasonUnavailable, "no restore progress for %s; the restore goes on in the service: run this again to follow it", restoreWait)
 				case m := <-updates:
-					var pr events.SnapshotProgress
-					if json.Unmarshal(m.Data, &pr) != nil {
+					pr, err := events.DecodeSnapshotProgress(m.Data)
+					if err != nil {
 						continue
 					}
 					if !p.json {

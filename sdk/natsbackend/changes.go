@@ -1,7 +1,6 @@
 package natsbackend
 
 import (
-	"encoding/json"
 	"sync"
 
 	"github.com/factsync/factsync/events"
@@ -53,8 +52,8 @@ func subscribeChanges(nc *nats.Conn, auth events.AuthorityID, observers *sdk.Obs
 }
 
 func (f *changeFeed) handle(m *nats.Msg) {
-	var c events.Change
-	if json.Unmarshal(m.Data, &c) != nil {
+	c, err := events.DecodeChange(m.Data)
+	if err != nil {
 		return
 	}
 	f.observe(c.Document.Version.HLC)

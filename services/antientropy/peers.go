@@ -3,7 +3,6 @@ package antientropy
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"math"
 	"slices"
 	"sync"
@@ -19,12 +18,7 @@ import (
 // heard for three presence intervals is lost. (A KV bucket with a TTL
 // would need JetStream across the mesh, which the mesh does not carry:
 // only fs.peer.>, fs.presence.> and reply inboxes cross it.)
-type Presence struct {
-	Peer events.PeerID `json:"peer"`
-	// IntervalMillis is the sender's heartbeat interval, so receivers
-	// expire it on its own schedule.
-	IntervalMillis int64 `json:"interval_ms"`
-}
+type Presence = events.Presence
 
 // peerState is what this peer knows of another, and its score.
 type peerState struct {
@@ -113,14 +107,17 @@ func (t *peerTable) announce() {
 	if t.env.Peer == "" {
 		return
 	}
-	b, _ := json.Marshal(Presence{Peer: t.env.Peer, IntervalMillis: t.s.cfg.PresenceInterval.Milliseconds()})
+	b, err := events.EncodePresence(Presence{Peer: t.env.Peer, IntervalMillis: t.s.cfg.PresenceInterval.Milliseconds()})
+	if err != nil {
+		return
+	}
 	_ = t.env.Conn.Publish(events.PresenceSubject(t.env.Peer), b)
 }
 
 // heard records a heartbeat; a peer newly present is synced at once.
 func (t *peerTable) heard(m *nats.Msg) {
-	var p Presence
-	if json.Unmarshal(m.Data, &p) != nil || p.Peer.Validate() != nil || p.Peer == t.env.Peer ||
+	p, err := events.DecodePresence(m.Data)
+	if err != nil || p.Peer == t.env.Peer ||
 		m.Subject != events.PresenceSubject(p.Peer) {
 		return
 	}

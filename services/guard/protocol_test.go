@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"testing"
 	"time"
 
@@ -22,7 +21,7 @@ func TestPeerBelowActiveProtocolIsRefused(t *testing.T) {
 	if _, err := h.JS.CreateStream(ctx, events.OTAStream()); err != nil {
 		t.Fatal(err)
 	}
-	active, _ := json.Marshal(events.ActiveVersion{Protocol: 2, Package: "factsync", Version: "2.0.0", ActivatedAt: testNow})
+	active, _ := events.EncodeActiveVersion(events.ActiveVersion{Protocol: 2, Package: "factsync", Version: "2.0.0", ActivatedAt: testNow})
 	if _, err := h.JS.Publish(ctx, events.OTAActiveSubject, active); err != nil {
 		t.Fatal(err)
 	}

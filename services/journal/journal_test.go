@@ -212,8 +212,8 @@ func TestFoldsServesAndAnnounces(t *testing.T) {
 	h := startServer(t, bus.EmbeddedConfig{})
 	changes := make(chan events.Change, 100)
 	sub, err := h.Conn.Subscribe(events.ChangesPrefix+".>", func(m *nats.Msg) {
-		var c events.Change
-		if json.Unmarshal(m.Data, &c) == nil && m.Subject == events.ChangesSubject(c.Authority, c.Document.Collection, c.Document.ID) {
+		c, err := events.DecodeChange(m.Data)
+		if err == nil && m.Subject == events.ChangesSubject(c.Authority, c.Document.Collection, c.Document.ID) {
 			changes <- c
 		}
 	})

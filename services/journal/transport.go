@@ -135,7 +135,12 @@ func (r *run) announce(ctx context.Context, facts []fact, changes []change) {
 		doc := c.change.After
 		msg := nats.NewMsg(events.ChangesSubject(c.authority, doc.Collection, doc.ID))
 		bus.InjectTrace(bus.ExtractTrace(ctx, traces[c.seq]), msg.Header)
-		msg.Data, _ = json.Marshal(events.Change{Authority: c.authority, Document: doc, Fact: c.change.Fact.String(), Seq: c.seq})
+		data, err := events.EncodeChange(events.Change{Authority: c.authority, Document: doc, Fact: c.change.Fact.String(), Seq: c.seq})
+		if err != nil {
+			r.logger().Error("journal: a change does not encode", "subject", msg.Subject, "err", err)
+			continue
+		}
+		msg.Data = data
 		_ = r.env.Conn.PublishMsg(msg)
 	}
 }

@@ -1,7 +1,6 @@
 package ota
 
 import (
-	"encoding/json"
 	"maps"
 	"slices"
 	"strconv"
@@ -296,15 +295,15 @@ func (l Ledger) Announce(a events.ActiveVersion) (Ledger, error) {
 // ActiveVersion on events.OTAActiveSubject.
 func (l Ledger) ApplyMessage(subject string, data []byte) (Ledger, error) {
 	if subject == events.OTAActiveSubject {
-		var a events.ActiveVersion
-		if err := json.Unmarshal(data, &a); err != nil {
-			return l, events.Wrap(events.ReasonMalformed, err, "active version does not decode")
+		a, err := events.DecodeActiveVersion(data)
+		if err != nil {
+			return l, err
 		}
 		return l.Announce(a)
 	}
-	var ev events.OTAEvent
-	if err := json.Unmarshal(data, &ev); err != nil {
-		return l, events.Wrap(events.ReasonMalformed, err, "OTA event does not decode")
+	ev, err := events.DecodeOTAEvent(data)
+	if err != nil {
+		return l, err
 	}
 	if want := eventSubject(ev); subject != want {
 		return l, events.Errorf(events.ReasonMalformed, "OTA event on %s belongs on %s", subject, want)

@@ -3,7 +3,6 @@ package ota
 import (
 	"context"
 	"crypto/ed25519"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -299,9 +298,9 @@ func isWrongLastSequence(err error) bool {
 
 // commit writes an OTA event that the ledger accepts.
 func (s *Service) commit(ctx context.Context, ev events.OTAEvent) (Ledger, error) {
-	data, err := json.Marshal(ev)
+	data, err := events.EncodeOTAEvent(ev)
 	if err != nil {
-		return Ledger{}, events.Wrap(events.ReasonInternal, err, "encode OTA event")
+		return Ledger{}, err
 	}
 	return s.write(ctx, eventSubject(ev), data, func(l Ledger) (Ledger, error) { return l.Apply(ev) })
 }
@@ -314,7 +313,7 @@ func (s *Service) announce(ctx context.Context) error {
 	if l.Announced >= l.Active.Protocol {
 		return nil
 	}
-	data, err := json.Marshal(l.Active)
+	data, err := events.EncodeActiveVersion(l.Active)
 	if err != nil {
 		return err
 	}

@@ -403,7 +403,8 @@ func TestWitnessPublishesForkEvidence(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		return json.Unmarshal(m.Data, &ev)
+		ev, err = events.DecodeForkEvidence(m.Data)
+		return err
 	})
 	if ev.Older != string(before) || ev.Newer != string(after) || ev.Peer != p.id() || ev.Witness != w.id() {
 		t.Fatalf("evidence names the wrong checkpoints or peers: %+v", ev)

@@ -3,7 +3,6 @@ package receipts
 import (
 	"context"
 	"crypto/ed25519"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/factsync/factsync/shared/atomicfile"
@@ -32,18 +31,8 @@ type WatchedPeer struct {
 }
 
 // ForkEvidence shows that a peer signed two checkpoints that are not
-// consistent. When both have one size, the two signed roots alone prove
-// the fork. Otherwise Proof is the consistency proof the peer itself gave
-// between them, which does not verify: anyone can check that with
-// VerifyConsistency, and an honest log can always give one that does.
-type ForkEvidence struct {
-	Peer    events.PeerID  `json:"peer"`
-	Witness events.PeerID  `json:"witness"`
-	Older   string         `json:"older"` // signed checkpoint seen first (or the smaller one)
-	Newer   string         `json:"newer"`
-	Proof   tlog.TreeProof `json:"proof"`
-	Detail  string         `json:"detail"`
-}
+// consistent; see events.ForkEvidence.
+type ForkEvidence = events.ForkEvidence
 
 // Witness keeps the last checkpoint it saw of one peer, durably, and
 // accepts a new one only with a consistency proof from it.
@@ -209,7 +198,11 @@ func (r *run) witness(ctx context.Context, w *Witness, src CheckpointSource) {
 	case obs.Fork != nil:
 		r.forks.Add(ctx, 1, peerAttr(w.peer))
 		r.logger().Error("receipts: FORK: peer signed two inconsistent checkpoints", "peer", w.peer, "detail", obs.Fork.Detail)
-		body, _ := json.Marshal(obs.Fork)
+		body, err := events.EncodeForkEvidence(*obs.Fork)
+		if err != nil {
+			r.logger().Error("receipts: encode fork evidence", "peer", w.peer, "err", err)
+			return
+		}
 		id := fmt.Sprintf("fork:%s:%x", w.peer, tlog.RecordHash(body))
 		if err := r.publishEvent(ctx, events.ForkSubject(w.peer), id, body); err != nil {
 			r.logger().Error("receipts: publish fork evidence", "peer", w.peer, "err", err)

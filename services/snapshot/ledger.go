@@ -1,7 +1,6 @@
 package snapshot
 
 import (
-	"encoding/json"
 	"slices"
 	"strings"
 
@@ -40,9 +39,9 @@ func NewLedger(policy func(events.AuthorityID) Policy) *Ledger {
 
 // ApplyMessage decodes a SNAPSHOTS message and applies it.
 func (l *Ledger) ApplyMessage(subject string, data []byte) error {
-	var ev events.SnapshotEvent
-	if err := json.Unmarshal(data, &ev); err != nil {
-		return events.Wrap(events.ReasonMalformed, err, "decode snapshot event")
+	ev, err := events.DecodeSnapshotEvent(data)
+	if err != nil {
+		return err
 	}
 	t := strings.Split(subject, ".")
 	if len(t) != 4 || events.SnapshotEventSubject(ev.Kind, events.AuthorityID(t[3])) != subject {

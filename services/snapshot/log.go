@@ -2,7 +2,6 @@ package snapshot
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -68,9 +67,9 @@ const maxWriteAttempts = 8
 // append writes ev about auth if the ledger, caught up, accepts it. check,
 // when set, runs on the caught-up ledger first (and may refuse).
 func (l *eventLog) append(ctx context.Context, auth events.AuthorityID, ev events.SnapshotEvent, check func(*Ledger) error) error {
-	data, err := json.Marshal(ev)
+	data, err := events.EncodeSnapshotEvent(ev)
 	if err != nil {
-		return events.Wrap(events.ReasonInternal, err, "encode snapshot event")
+		return err
 	}
 	subject := events.SnapshotEventSubject(ev.Kind, auth)
 	l.mu.Lock()

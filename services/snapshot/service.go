@@ -551,7 +551,11 @@ func (s *Service) Restore(ctx context.Context, auth events.AuthorityID, src Sour
 
 // progress publishes a restore report on the bus, and to inbox when set.
 func (s *Service) progress(p events.SnapshotProgress, inbox string) {
-	b, _ := json.Marshal(p)
+	b, err := events.EncodeSnapshotProgress(p)
+	if err != nil {
+		s.env.Log.Error("snapshot: restore progress does not encode", "err", err)
+		return
+	}
 	_ = s.env.Conn.Publish(events.SnapshotProgressSubject(p.Authority), b)
 	if inbox != "" {
 		_ = s.env.Conn.Publish(inbox, b)

@@ -3,7 +3,6 @@ package snapshot
 import (
 	"context"
 	"crypto/ed25519"
-	"encoding/json"
 	"errors"
 	"math/rand/v2"
 	"sync"
@@ -99,8 +98,7 @@ func TestNewPeerBootstrapsFromSnapshotToTheStateOfFullHistory(t *testing.T) {
 		phases []events.SnapshotPhase
 	)
 	sub, err := d.h.Conn.Subscribe(events.SnapshotProgressSubject(auth), func(m *nats.Msg) {
-		var p events.SnapshotProgress
-		_ = json.Unmarshal(m.Data, &p)
+		p, _ := events.DecodeSnapshotProgress(m.Data)
 		mu.Lock()
 		defer mu.Unlock()
 		if len(phases) == 0 || phases[len(phases)-1] != p.Phase {
