@@ -84,24 +84,39 @@ func fetchReceipt(ctx context.Context, c *apiClient, factID string) ([]byte, err
 func newReceiptVerify(g *globals) *cobra.Command {
 	var peerKey string
 	cmd := &cobra.Command{
-		Use:   "verify RECEIPT_FILE --peer-key KEY",
-		Short: "Verify a receipt offline against the peer's public key (no server needed)",
-		Args:  cobra.ExactArgs(1),
+		Use:   "verify RECEIPT_FILE... --peer-key KEY",
+		Short: "Verify receipts offline against the peer's public key (no server needed)",
+		Long: "Verify receipts offline against the peer's public key (no server needed).\n\n" +
+			"Receipts fetched together mostly share the peer's latest checkpoint; its signature is verified once for all of them.",
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			raw, err := os.ReadFile(args[0])
-			if err != nil {
-				return usageErrorf("receipt file: %v", err)
-			}
 			pub, err := readPublicKey(peerKey, keys.Peer)
 			if err != nil {
 				return err
 			}
-			if err := receipts.VerifyReceipt(raw, pub); err != nil {
+			v, err := receipts.NewVerifier(pub)
+			if err != nil {
 				return err
 			}
-			res := map[string]any{"valid": true, "peer": events.PeerIDOf(pub)}
+			for _, file := range args {
+				raw, err := os.ReadFile(file)
+				if err != nil {
+					return usageErrorf("receipt file: %v", err)
+				}
+				if err := v.VerifyReceipt(raw); err != nil {
+					if len(args) == 1 {
+						return err
+					}
+					return events.Errorf(events.ReasonOf(err), "%s: %s", file, detailOf(err))
+				}
+			}
+			res := map[string]any{"valid": true, "peer": events.PeerIDOf(pub), "receipts": len(args)}
 			g.out(cmd.OutOrStdout(), cmd.ErrOrStderr()).result(res, func(w io.Writer) {
-				fmt.Fprintf(w, "receipt verified: peer %s accepted the fact and logged it\n", res["peer"])
+				if len(args) == 1 {
+					fmt.Fprintf(w, "receipt verified: peer %s accepted the fact and logged it\n", res["peer"])
+					return
+				}
+				fmt.Fprintf(w, "%d receipts verified: peer %s accepted each fact and logged it\n", len(args), res["peer"])
 			})
 			return nil
 		},

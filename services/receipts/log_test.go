@@ -30,7 +30,7 @@ func testKey(seed string) ed25519.PrivateKey {
 	return ed25519.NewKeyFromSeed(s[:])
 }
 
-func openLog(t *testing.T, dir string) *Log {
+func openLog(t testing.TB, dir string) *Log {
 	t.Helper()
 	l, err := OpenLog(dir)
 	if err != nil {
@@ -40,7 +40,7 @@ func openLog(t *testing.T, dir string) *Log {
 	return l
 }
 
-func mustAppend(t *testing.T, l *Log, leaves []Leaf) int {
+func mustAppend(t testing.TB, l *Log, leaves []Leaf) int {
 	t.Helper()
 	n, err := l.Append(leaves)
 	if err != nil {

@@ -3,10 +3,10 @@ package receipts
 import (
 	"bytes"
 	"crypto/ed25519"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/factsync/factsync/events"
 	"golang.org/x/mod/sumdb/note"
@@ -29,25 +29,123 @@ type Receipt struct {
 // the inclusion proof leads from the fact at the leaf index to the
 // checkpoint's root. Every failure carries events.ReasonBadProof (or
 // ReasonMalformed when the JSON does not decode) and says which part of
-// the receipt is wrong.
+// the receipt is wrong. To verify many receipts of one peer, use a
+// Verifier: it checks each checkpoint's signature once.
 func VerifyReceipt(receiptJSON []byte, peerKey ed25519.PublicKey) error {
-	var r Receipt
-	if err := json.Unmarshal(receiptJSON, &r); err != nil {
-		return events.Wrap(events.ReasonMalformed, err, "receipt is not valid receipt JSON")
+	v, err := NewVerifier(peerKey)
+	if err != nil {
+		return err
+	}
+	return v.verifyReceipt(receiptJSON, false)
+}
+
+// Verifier verifies receipts and checkpoints of one peer offline, as
+// VerifyReceipt, OpenCheckpoint and VerifyConsistency do, and remembers
+// the checkpoints whose signature it has verified. Receipts handed out
+// together mostly carry the same checkpoint (the peer's latest), so a
+// client that verifies many of them pays the Ed25519 verification, which
+// is most of the cost of one receipt, once per checkpoint rather than
+// once per receipt. A checkpoint is recognised by its exact signed bytes
+// and was verified against this Verifier's key, so skipping the
+// signature gives the answer verifying it again would. A Verifier is
+// safe for concurrent use.
+type Verifier struct {
+	key  ed25519.PublicKey
+	note note.Verifier
+
+	mu       sync.Mutex
+	verified map[string]Checkpoint // by signed note bytes
+	order    []string              // verified's keys, oldest first, for eviction
+}
+
+// verifiedCheckpoints bounds how many verified checkpoints a Verifier
+// remembers: a few hundred bytes each.
+const verifiedCheckpoints = 64
+
+// NewVerifier returns the verifier of the receipts and checkpoints of the
+// peer whose public key is peerKey.
+func NewVerifier(peerKey ed25519.PublicKey) (*Verifier, error) {
+	v, err := CheckpointVerifier(peerKey)
+	if err != nil {
+		return nil, err
+	}
+	return &Verifier{key: peerKey, note: v}, nil
+}
+
+// VerifyReceipt checks a receipt as the function VerifyReceipt does.
+func (v *Verifier) VerifyReceipt(receiptJSON []byte) error {
+	return v.verifyReceipt(receiptJSON, true)
+}
+
+// verifyReceipt checks a receipt, and remembers its checkpoint if it
+// verifies and remember is set (a one-off verification has no use for it).
+func (v *Verifier) verifyReceipt(receiptJSON []byte, remember bool) error {
+	r, err := decodeReceipt(receiptJSON)
+	if err != nil {
+		return err
 	}
 	fact, err := events.ParseFactID(r.FactID)
 	if err != nil {
 		return events.Errorf(events.ReasonMalformed, "receipt fact_id %q is not 64 hex characters", r.FactID)
 	}
 	leaf := leafClaim{fact: fact, index: r.LeafIndex, proof: r.InclusionProof}
-	c, err := OpenCheckpoint([]byte(r.Checkpoint), peerKey)
+	signed := []byte(r.Checkpoint)
+	var c Checkpoint
+	if remember {
+		c, err = v.OpenCheckpoint(signed)
+	} else {
+		c, err = openCheckpoint(signed, v.note)
+	}
 	if errors.Is(err, errAlteredOrCorrupt) {
-		return diagnoseSignature([]byte(r.Checkpoint), peerKey, leaf)
+		return diagnoseSignature(signed, v.key, leaf)
 	}
 	if err != nil {
 		return err
 	}
 	return leaf.check(c)
+}
+
+// OpenCheckpoint verifies a signed checkpoint as the function
+// OpenCheckpoint does, or finds it among those it verified before.
+func (v *Verifier) OpenCheckpoint(signed []byte) (Checkpoint, error) {
+	v.mu.Lock()
+	c, ok := v.verified[string(signed)]
+	v.mu.Unlock()
+	if ok {
+		return c, nil
+	}
+	c, err := openCheckpoint(signed, v.note)
+	if err != nil {
+		return Checkpoint{}, err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if _, ok := v.verified[string(signed)]; !ok {
+		if v.verified == nil {
+			v.verified = make(map[string]Checkpoint)
+		}
+		if len(v.order) == verifiedCheckpoints {
+			delete(v.verified, v.order[0])
+			v.order = v.order[1:]
+		}
+		v.verified[string(signed)] = c
+		v.order = append(v.order, string(signed))
+	}
+	return c, nil
+}
+
+// VerifyConsistency checks a consistency proof between two checkpoints as
+// the function VerifyConsistency does.
+func (v *Verifier) VerifyConsistency(older, newer []byte, proof tlog.TreeProof) error {
+	o, err := v.OpenCheckpoint(older)
+	if err != nil {
+		return prefixError("older checkpoint", err)
+	}
+	n, err := v.OpenCheckpoint(newer)
+	if err != nil {
+		return prefixError("newer checkpoint", err)
+	}
+	return checkConsistent(o, n, proof)
 }
 
 // leafClaim is what a receipt says about its fact.
@@ -138,6 +236,10 @@ func OpenCheckpoint(signed []byte, peerKey ed25519.PublicKey) (Checkpoint, error
 	if err != nil {
 		return Checkpoint{}, err
 	}
+	return openCheckpoint(signed, v)
+}
+
+func openCheckpoint(signed []byte, v note.Verifier) (Checkpoint, error) {
 	n, err := note.Open(signed, note.VerifierList(v))
 	var unverified *note.UnverifiedNoteError
 	var invalid *note.InvalidSignatureError
@@ -194,15 +296,11 @@ func diagnoseSignature(signed []byte, peerKey ed25519.PublicKey, leaf leafClaim)
 // newer one. Two checkpoints of one size with different roots, or a proof
 // that fails, mean the peer showed two histories.
 func VerifyConsistency(older, newer []byte, proof tlog.TreeProof, peerKey ed25519.PublicKey) error {
-	o, err := OpenCheckpoint(older, peerKey)
+	v, err := NewVerifier(peerKey)
 	if err != nil {
-		return prefixError("older checkpoint", err)
+		return err
 	}
-	n, err := OpenCheckpoint(newer, peerKey)
-	if err != nil {
-		return prefixError("newer checkpoint", err)
-	}
-	return checkConsistent(o, n, proof)
+	return v.VerifyConsistency(older, newer, proof)
 }
 
 func checkConsistent(o, n Checkpoint, proof tlog.TreeProof) error {

@@ -4,16 +4,20 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/factsync/factsync/events"
+	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 )
 
 // signedLog returns a log of n leaves with a signed checkpoint over them.
-func signedLog(t *testing.T, key ed25519.PrivateKey, n int) (*Log, []Leaf) {
+func signedLog(t testing.TB, key ed25519.PrivateKey, n int) (*Log, []Leaf) {
 	t.Helper()
 	l := openLog(t, t.TempDir())
 	leaves := testLeaves("receipts", n)
@@ -111,6 +115,15 @@ func TestEveryTamperedPartFailsWithItsOwnReason(t *testing.T) {
 		})})
 	}
 
+	// A Verifier that has verified the good receipt, and so remembers its
+	// checkpoint, must fail each tampered one the same way.
+	warm, err := NewVerifier(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := warm.VerifyReceipt(mustJSON(good)); err != nil {
+		t.Fatal(err)
+	}
 	seen := map[string]string{}
 	for _, c := range cases {
 		k := c.key
@@ -118,6 +131,11 @@ func TestEveryTamperedPartFailsWithItsOwnReason(t *testing.T) {
 			k = pub
 		}
 		err := VerifyReceipt(mustJSON(c.receipt), k)
+		if c.key == nil {
+			if warmErr := warm.VerifyReceipt(mustJSON(c.receipt)); fmt.Sprint(warmErr) != fmt.Sprint(err) {
+				t.Errorf("%s flipped: a fresh verification says %v, a Verifier that knows the checkpoint says %v", c.part, err, warmErr)
+			}
+		}
 		if !events.IsReason(err, events.ReasonBadProof) {
 			t.Errorf("%s flipped: got %v, want a %s error", c.part, err, events.ReasonBadProof)
 			continue
@@ -194,4 +212,103 @@ func TestVerifyConsistency(t *testing.T) {
 	if err := VerifyConsistency(cps[2], cps[4], proof, testKey("x").Public().(ed25519.PublicKey)); err == nil || !strings.Contains(err.Error(), "older checkpoint: ") {
 		t.Fatalf("wrong key: %v", err)
 	}
+}
+
+// countingNoteVerifier counts the signatures a Verifier checks.
+type countingNoteVerifier struct {
+	note.Verifier
+	n *atomic.Int64
+}
+
+func (c countingNoteVerifier) Verify(msg, sig []byte) bool {
+	c.n.Add(1)
+	return c.Verifier.Verify(msg, sig)
+}
+
+// A Verifier checks each checkpoint's signature once, however many
+// receipts carry it, remembers only checkpoints that verified, and keeps
+// at most verifiedCheckpoints of them. Receipts are verified from several
+// goroutines at once.
+func TestVerifierChecksEachCheckpointOnce(t *testing.T) {
+	key := testKey("peer")
+	pub := key.Public().(ed25519.PublicKey)
+	l := openLog(t, t.TempDir())
+	leaves := testLeaves("v", verifiedCheckpoints+2)
+	var receipts [][]byte // receipts[i] is of leaf 0 under the checkpoint of size i+1
+	for i := range leaves {
+		mustAppend(t, l, leaves[i:i+1])
+		if _, err := l.SignCheckpoint(key); err != nil {
+			t.Fatal(err)
+		}
+		r, err := l.Receipt(leaves[0].Fact)
+		if err != nil {
+			t.Fatal(err)
+		}
+		receipts = append(receipts, mustJSON(r))
+	}
+	v, err := NewVerifier(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var checked atomic.Int64
+	v.note = countingNoteVerifier{Verifier: v.note, n: &checked}
+	expect := func(want int64, what string) {
+		t.Helper()
+		if got := checked.Load(); got != want {
+			t.Fatalf("%s: %d signatures checked, want %d", what, got, want)
+		}
+	}
+
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 10 {
+				if err := v.VerifyReceipt(receipts[0]); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	// Goroutines that all started before the first one finished may each
+	// have checked it; after that none does.
+	first := checked.Load()
+	if first < 1 || first > 8 {
+		t.Fatalf("80 receipts of one checkpoint from 8 goroutines: %d signatures checked, want 1 to 8", first)
+	}
+	if err := v.VerifyReceipt(receipts[1]); err != nil {
+		t.Fatal(err)
+	}
+	expect(first+1, "a receipt under a second checkpoint")
+	if err := v.VerifyReceipt(receipts[0]); err != nil {
+		t.Fatal(err)
+	}
+	expect(first+1, "the first checkpoint again")
+
+	// A corrupt signature is checked every time: a failure is not remembered.
+	var r Receipt
+	_ = json.Unmarshal(receipts[0], &r)
+	text, sigs, _ := strings.Cut(r.Checkpoint, "\n\n")
+	name, b64, _ := strings.Cut(strings.TrimPrefix(strings.TrimSuffix(sigs, "\n"), "— "), " ")
+	sig, _ := base64.StdEncoding.DecodeString(b64)
+	sig[10] ^= 1
+	r.Checkpoint = text + "\n\n— " + name + " " + base64.StdEncoding.EncodeToString(sig) + "\n"
+	for range 2 {
+		if err := v.VerifyReceipt(mustJSON(r)); !events.IsReason(err, events.ReasonBadProof) {
+			t.Fatalf("corrupt signature: %v", err)
+		}
+	}
+	expect(first+3, "a corrupt signature twice")
+
+	// Past verifiedCheckpoints the oldest is forgotten.
+	for _, raw := range receipts[2:] {
+		if err := v.VerifyReceipt(raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect(first+3+int64(len(receipts)-2), "every other checkpoint once")
+	if err := v.VerifyReceipt(receipts[0]); err != nil {
+		t.Fatal(err)
+	}
+	expect(first+3+int64(len(receipts)-2)+1, "the first checkpoint once it was forgotten")
 }
