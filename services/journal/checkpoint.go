@@ -104,20 +104,31 @@ func decodeCheckpoint(data []byte) (*checkpoint, error) {
 	}
 	copy(c.tip.hash[:], b[8:])
 	b = b[header:]
-	next := func() ([]byte, bool) {
+	// The encoding is canonical, as encode writes it: shortest varints,
+	// authorities ascending and each once. A checkpoint that names an
+	// authority twice would otherwise lose one of its folds unnoticed.
+	uvarint := func() (uint64, bool) {
 		n, k := binary.Uvarint(b)
-		if k <= 0 || n > uint64(len(b)-k) {
+		if k <= 0 || k != len(binary.AppendUvarint(nil, n)) {
+			return 0, false
+		}
+		b = b[k:]
+		return n, true
+	}
+	next := func() ([]byte, bool) {
+		n, ok := uvarint()
+		if !ok || n > uint64(len(b)) {
 			return nil, false
 		}
-		out := b[k : k+int(n)]
-		b = b[k+int(n):]
+		out := b[:n]
+		b = b[n:]
 		return out, true
 	}
-	count, k := binary.Uvarint(b)
-	if k <= 0 {
+	count, ok := uvarint()
+	if !ok {
 		return nil, damaged("bad authority count")
 	}
-	b = b[k:]
+	var prev events.AuthorityID
 	for range count {
 		auth, ok1 := next()
 		st, ok2 := next()
@@ -128,6 +139,10 @@ func decodeCheckpoint(data []byte) (*checkpoint, error) {
 		if err := id.Validate(); err != nil {
 			return nil, damaged(err.Error())
 		}
+		if id <= prev {
+			return nil, damaged(fmt.Sprintf("authority %s out of order or repeated", id))
+		}
+		prev = id
 		state := fold.New()
 		if err := state.UnmarshalBinary(st); err != nil {
 			return nil, damaged(fmt.Sprintf("authority %s: %v", id, err))

@@ -15,7 +15,7 @@ import (
 	"github.com/factsync/factsync/shared/service"
 )
 
-func testFact(t *testing.T) *events.Fact {
+func testFact(t testing.TB) *events.Fact {
 	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, 32))
 	token := sha256.Sum256([]byte("t"))
 	fields, _ := json.Marshal(map[string]any{"n": 1})
