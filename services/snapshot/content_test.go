@@ -22,7 +22,7 @@ type built struct {
 	peers    []ed25519.PrivateKey
 }
 
-func buildSigned(t *testing.T, seed uint64, n, docs int) *built {
+func buildSigned(t testing.TB, seed uint64, n, docs int) *built {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, seed))
 	w := newWriter(t, rng)
