@@ -1,5 +1,5 @@
 # Developer entry points. `make test` is exactly what CI runs.
-.PHONY: test lint unit generate faults
+.PHONY: test lint unit generate faults fuzz
 
 # Every check: gofmt, go vet, golangci-lint, go test -race with fuzz seeds.
 test:
@@ -24,3 +24,10 @@ generate:
 faults:
 	FACTSYNC_LONG=1 go test -count=1 -timeout 60m -v ./faults/...
 	FACTSYNC_LONG=1 go test -run 'Sim|Crash|Fault' -count=1 -timeout 60m $$(go list ./... | grep -v /faults/)
+
+# Every fuzz target, one after another, FUZZTIME each (default 60s);
+# prints the inputs tried and any crash per target. FUZZPARALLEL=1 keeps
+# to one worker on a shared machine.
+FUZZTIME ?= 60s
+fuzz:
+	FUZZTIME=$(FUZZTIME) .ci/fuzz
