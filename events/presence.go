@@ -7,10 +7,10 @@ import (
 // Presence is the heartbeat a peer publishes on PresenceSubject(Peer),
 // core NATS across the mesh, as an eventsv1.Presence.
 type Presence struct {
-	Peer PeerID
+	Peer PeerID `json:"peer"`
 	// IntervalMillis is the sender's heartbeat interval, so receivers
 	// expire it on its own schedule.
-	IntervalMillis int64
+	IntervalMillis int64 `json:"interval_ms"`
 }
 
 // EncodePresence encodes p as an eventsv1.Presence.
