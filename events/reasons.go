@@ -36,6 +36,7 @@ const (
 	ReasonExpired         Reason = "expired"          // signed metadata past its expiry, or a step past its deadline
 	ReasonTampered        Reason = "tampered"         // content does not match the hash or state its signed manifest names
 	ReasonBelowThreshold  Reason = "below_threshold"  // fewer distinct valid approvals than the threshold
+	ReasonNotConfigured   Reason = "not_configured"   // this peer lacks the configuration the operation needs (e.g. no OTA release policy)
 )
 
 // Error is an error with a stable reason code and a human sentence.

@@ -204,12 +204,6 @@ func startStack(ctx context.Context, o *serveOptions, names []string) (_ *stack,
 		}
 		seen[n] = true
 		svc, err := build(o)
-		if errors.Is(err, errOTANotConfigured) && all {
-			// Running everything does not require a release policy; the
-			// ota service runs once one is configured.
-			fmt.Fprintf(os.Stderr, "factsync: not running ota: %v\n", err)
-			continue
-		}
 		if err != nil {
 			return nil, fmt.Errorf("configure service %s: %w", n, err)
 		}

@@ -27,17 +27,30 @@ func (f *otaFlags) add(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.stage, "ota-stage", "" == "true", "fetch, verify and stage approved releases and report readiness")
 }
 
-// errOTANotConfigured says how to configure the ota service.
-var errOTANotConfigured = errors.New("the ota service needs a release policy: pass --ota-root FILE (make one with 'factsync ota init')")
+// errOTANotConfigured: no release policy file exists.
+var errOTANotConfigured = errors.New("no OTA release policy")
 
 func init() {
 	registerService(ota.Name, func(o *serveOptions) (service.Service, error) {
 		rel, err := loadRelease(o)
+		if errors.Is(err, errOTANotConfigured) {
+			// A peer without a release policy still runs every service:
+			// the ota service refuses requests with not_configured and
+			// /readyz says why, rather than the peer failing to start
+			// or OTA requests timing out unanswered.
+			return ota.Unconfigured{Authority: events.AuthorityID(o.ota.authority), Hint: o.otaHint()}, nil
+		}
 		if err != nil {
 			return nil, err
 		}
 		return ota.New(ota.Config{Authority: rel.Authority, Root: rel.Root, Stage: o.ota.stage}), nil
 	})
+}
+
+// otaHint says how to give this peer a release policy.
+func (o *serveOptions) otaHint() string {
+	return fmt.Sprintf("%s does not exist; make one with 'factsync ota init --authority-key KEY --peer PEER... --out %s' (or pass --ota-root FILE) and restart",
+		o.releaseFile(), filepath.Dir(o.releaseFile()))
 }
 
 // release is what `factsync ota init` writes: the release authority and

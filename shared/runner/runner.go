@@ -82,6 +82,9 @@ type Status struct {
 	Name  string `json:"name"`
 	State State  `json:"state"`
 	Error string `json:"error,omitempty"`
+	// Detail is the service's remark (service.Env.Remark), e.g. what it
+	// refuses for want of configuration.
+	Detail string `json:"detail,omitempty"`
 }
 
 // Runner is a started set of services.
@@ -224,6 +227,7 @@ func (r *Runner) env(conn *nats.Conn, js jetstream.JetStream, name string) (*ser
 		PeerKey: r.cfg.PeerKey,
 		DataDir: dir,
 		Ready:   func() { r.markReady(name) },
+		Remark:  func(detail string) { r.remark(name, detail) },
 	}
 	if t := r.cfg.Telemetry; t != nil {
 		env.Tracer, env.Meter = t.Tracer(name), t.Meter(name)
@@ -278,6 +282,12 @@ func (r *Runner) markReady(name string) {
 	if r.nReady == len(r.names) {
 		close(r.ready)
 	}
+}
+
+func (r *Runner) remark(name, detail string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.status[name].Detail = detail
 }
 
 // Ready is closed once every service has called Env.Ready.

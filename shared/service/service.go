@@ -53,4 +53,8 @@ type Env struct {
 
 	// Ready marks the service ready; /readyz reports it.
 	Ready func()
+	// Remark, when set, records a sentence /readyz shows beside the
+	// service's state: how a ready service is limited (the ota service
+	// of a peer with no release policy refuses every request).
+	Remark func(detail string)
 }
