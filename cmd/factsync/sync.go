@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/factsync/factsync/events"
-	"github.com/factsync/factsync/services/antientropy"
 	"github.com/factsync/factsync/shared/keys"
 	"github.com/spf13/cobra"
 )
@@ -58,14 +57,14 @@ func (f *syncFlags) open(ctx context.Context, g *globals) (*apiClient, error) {
 	return c, nil
 }
 
-func (f *syncFlags) status(ctx context.Context, g *globals) (antientropy.Status, error) {
-	var st antientropy.Status
+func (f *syncFlags) status(ctx context.Context, g *globals) (events.SyncStatus, error) {
+	var st events.SyncStatus
 	c, err := f.open(ctx, g)
 	if err != nil {
 		return st, err
 	}
 	defer c.Close()
-	_, err = c.call(ctx, antientropy.Name, antientropy.OpStatus, struct{}{}, &st)
+	_, err = c.call(ctx, events.AntiEntropyProto, events.AntiEntropyOpStatus, struct{}{}, &st)
 	return st, err
 }
 
@@ -88,7 +87,7 @@ func newPeersCommand(g *globals) *cobra.Command {
 	return cmd
 }
 
-func printPeers(w io.Writer, st antientropy.Status) {
+func printPeers(w io.Writer, st events.SyncStatus) {
 	if len(st.Peers) == 0 {
 		fmt.Fprintf(w, "peer %s knows no other peer yet\n", st.Peer)
 		return
@@ -130,13 +129,13 @@ func newSyncCommand(g *globals) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			var reply antientropy.SyncReply
-			if _, err := c.call(cmd.Context(), antientropy.Name, antientropy.OpSync, antientropy.SyncRequest{Peer: peer}, &reply); err != nil {
+			var reply events.SyncReply
+			if _, err := c.call(cmd.Context(), events.AntiEntropyProto, events.AntiEntropyOpSync, events.SyncRequest{Peer: peer}, &reply); err != nil {
 				return err
 			}
 			g.out(cmd.OutOrStdout(), cmd.ErrOrStderr()).result(reply, func(w io.Writer) { printSessions(w, reply.Sessions) })
 			for _, s := range reply.Sessions {
-				if s.State == antientropy.StateFailed {
+				if s.State == events.SessionFailed {
 					return events.Errorf(events.Reason(s.Reason), "sync with %s failed: %s", s.Peer, s.Error)
 				}
 			}
@@ -155,7 +154,11 @@ func newSyncCommand(g *globals) *cobra.Command {
 				return err
 			}
 			g.out(cmd.OutOrStdout(), cmd.ErrOrStderr()).result(st, func(w io.Writer) {
-				fmt.Fprintf(w, "peer %s, %d responder sessions open\n\n", st.Peer, st.Open)
+				fmt.Fprintf(w, "peer %s, %d responder sessions open\n", st.Peer, st.Open)
+				if !st.Initiates {
+					fmt.Fprintln(w, "it holds no sync token for this authority, so it only answers other peers' sessions")
+				}
+				fmt.Fprintln(w)
 				printPeers(w, st)
 				fmt.Fprintln(w)
 				printSessions(w, st.Sessions)
@@ -168,7 +171,7 @@ func newSyncCommand(g *globals) *cobra.Command {
 	return cmd
 }
 
-func printSessions(w io.Writer, ss []antientropy.SyncReport) {
+func printSessions(w io.Writer, ss []events.SyncReport) {
 	if len(ss) == 0 {
 		fmt.Fprintln(w, "no sessions yet")
 		return

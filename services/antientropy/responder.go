@@ -194,7 +194,7 @@ func (s *Service) handle(ctx context.Context, m *nats.Msg) ([]byte, error) {
 		}
 		return json.Marshal(SyncReply{Sessions: s.peers.syncNow(ctx, auth, req.Peer)})
 	case OpStatus:
-		return json.Marshal(s.status())
+		return json.Marshal(s.status(auth))
 	}
 	return nil, events.Errorf(events.ReasonNotFound, "the antientropy service has no operation %q", addr.Op)
 }
@@ -342,10 +342,19 @@ func (s *Service) push(ctx context.Context, auth events.AuthorityID, body []byte
 	return json.Marshal(PushReply{Facts: len(batch.Facts)})
 }
 
-// status reports the peers and recent sessions.
-func (s *Service) status() Status {
-	st := Status{Peer: s.env.Peer, Open: s.sessions.count()}
-	st.Peers, st.Sessions = s.peers.snapshot()
+// status reports the peers, whether this peer initiates sessions for
+// auth, and auth's recent sessions: the asker's `sync` right covers auth
+// alone, so other authorities' sessions are not its business.
+func (s *Service) status(auth events.AuthorityID) Status {
+	_, initiates := s.creds[auth]
+	st := Status{Peer: s.env.Peer, Open: s.sessions.count(), Initiates: initiates}
+	var recent []SyncReport
+	st.Peers, recent = s.peers.snapshot()
+	for _, rep := range recent {
+		if rep.Authority == auth {
+			st.Sessions = append(st.Sessions, rep)
+		}
+	}
 	slices.SortFunc(st.Peers, func(a, b PeerStatus) int {
 		if c := cmp.Compare(b.Score, a.Score); c != 0 {
 			return c

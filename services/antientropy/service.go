@@ -41,7 +41,7 @@ import (
 )
 
 // Name is the service's name and queue group.
-const Name = "antientropy"
+const Name = events.AntiEntropyProto
 
 // Credential is what this peer presents to other peers to sync an
 // authority: a Biscuit token rooted at the authority's key that grants

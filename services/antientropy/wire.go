@@ -1,8 +1,6 @@
 package antientropy
 
 import (
-	"time"
-
 	"github.com/factsync/factsync/events"
 )
 
@@ -33,10 +31,11 @@ const (
 	OpEnd = "end"
 
 	// OpSync asks this peer to sync the authority now: SyncRequest in,
-	// SyncReport out.
-	OpSync = "sync"
-	// OpStatus answers a Status: peers, their scores and recent sessions.
-	OpStatus = "status"
+	// SyncReply out.
+	OpSync = events.AntiEntropyOpSync
+	// OpStatus answers a Status: peers, their scores and the authority's
+	// recent sessions.
+	OpStatus = events.AntiEntropyOpStatus
 )
 
 // HeaderSession names the session a reconcile or push belongs to.
@@ -110,79 +109,22 @@ type EndRequest struct {
 	Outcome string `json:"outcome"`
 }
 
-// SyncRequest asks for a sync of the authority in the subject with Peer,
-// or with every known peer when Peer is empty.
-type SyncRequest struct {
-	Peer events.PeerID `json:"peer,omitempty"`
-}
-
-// SyncReport is one session as the initiator saw it.
-type SyncReport struct {
-	Peer      events.PeerID      `json:"peer"`
-	Authority events.AuthorityID `json:"authority"`
-	State     SessionState       `json:"state"`
-	Mode      string             `json:"mode,omitempty"`
-	// Fallback is set when riblt could not hold the difference and the
-	// session reconciled with negentropy instead.
-	Fallback bool `json:"fallback,omitempty"`
-	// Rounds counts reconciliation round trips (symbols or negentropy).
-	Rounds int `json:"rounds"`
-	// BytesOut and BytesIn count request and reply bodies of the whole
-	// session, fact batches included.
-	BytesOut int `json:"bytes_out"`
-	BytesIn  int `json:"bytes_in"`
-	// Pulled counts facts fetched and published into local INGRESS;
-	// Pushed those sent to the peer's INGRESS.
-	Pulled int `json:"pulled"`
-	Pushed int `json:"pushed"`
-	// Lag is how many facts this peer lacked when the session began.
-	Lag      int       `json:"lag"`
-	Started  time.Time `json:"started"`
-	Duration string    `json:"duration"`
-	Error    string    `json:"error,omitempty"`
-	Reason   string    `json:"reason,omitempty"`
-}
-
-// SyncReply answers OpSync with one report per peer synced.
-type SyncReply struct {
-	Sessions []SyncReport `json:"sessions"`
-}
-
-// SessionState is where a session is in its life.
-type SessionState string
+// The control operations' types are the contract with the CLI and the
+// SDK, so they live in events; these names keep the service's code
+// reading as its protocol.
+type (
+	SyncRequest  = events.SyncRequest
+	SyncReport   = events.SyncReport
+	SyncReply    = events.SyncReply
+	SessionState = events.SessionState
+	PeerStatus   = events.PeerStatus
+	Status       = events.SyncStatus
+)
 
 // The session states.
 const (
-	StateInitializing SessionState = "initializing"
-	StateActive       SessionState = "active"
-	StateCompleted    SessionState = "completed"
-	StateFailed       SessionState = "failed"
+	StateInitializing = events.SessionInitializing
+	StateActive       = events.SessionActive
+	StateCompleted    = events.SessionCompleted
+	StateFailed       = events.SessionFailed
 )
-
-// PeerStatus is what this peer knows of another.
-type PeerStatus struct {
-	Peer events.PeerID `json:"peer"`
-	// Static peers come from config; the others from presence.
-	Static bool `json:"static,omitempty"`
-	// Present is set while heartbeats arrive.
-	Present   bool      `json:"present"`
-	LastSeen  time.Time `json:"last_seen,omitzero"`
-	Successes int       `json:"successes"`
-	Failures  int       `json:"failures"`
-	// Score is the success rate weighed down by latency; peers are synced
-	// best first.
-	Score float64 `json:"score"`
-	// LatencyMillis is the smoothed duration of a session.
-	LatencyMillis float64 `json:"latency_ms"`
-	// RetryAt is when a failing peer may be tried again.
-	RetryAt time.Time `json:"retry_at,omitzero"`
-}
-
-// Status answers OpStatus.
-type Status struct {
-	Peer     events.PeerID `json:"peer"`
-	Peers    []PeerStatus  `json:"peers"`
-	Sessions []SyncReport  `json:"sessions"`
-	// Open counts responder sessions open now.
-	Open int `json:"open_sessions"`
-}
