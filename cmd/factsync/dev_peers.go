@@ -30,7 +30,17 @@ func runDevPeers(cmd *cobra.Command, base *serveOptions, n int) error {
 	if err != nil {
 		return err
 	}
-	hub, err := mesh.StartHub(mesh.HubConfig{Peers: n})
+	// The hub scopes each peer's link to its peer id, so the ids come
+	// first: each peer's key, kept under its data directory.
+	ids := make([]events.PeerID, n)
+	for i := range n {
+		key, _, err := keys.LoadOrGenerate(filepath.Join(devPeerData(base, i), "peer.key"), keys.Peer)
+		if err != nil {
+			return err
+		}
+		ids[i] = events.PeerIDOf(key.Public().(ed25519.PublicKey))
+	}
+	hub, err := mesh.StartHub(mesh.HubConfig{Peers: ids})
 	if err != nil {
 		return err
 	}
@@ -44,8 +54,9 @@ func runDevPeers(cmd *cobra.Command, base *serveOptions, n int) error {
 	var contexts []string
 	for i := range n {
 		o := *base
-		o.data = filepath.Join(base.data, fmt.Sprintf("peer-%d", i))
+		o.data = devPeerData(base, i)
 		o.natsPort, o.httpAddr, o.domain = -1, "127.0.0.1:0", mesh.PeerDomain(i)
+		o.meshInboxPrefix = hub.InboxPrefix(i)
 		if o.configureNATS, err = hub.Link(i); err != nil {
 			return err
 		}
@@ -69,6 +80,11 @@ func runDevPeers(cmd *cobra.Command, base *serveOptions, n int) error {
 		errs = append(errs, st.runner.Wait())
 	}
 	return errors.Join(errs...)
+}
+
+// devPeerData is peer i's data directory.
+func devPeerData(base *serveOptions, i int) string {
+	return filepath.Join(base.data, fmt.Sprintf("peer-%d", i))
 }
 
 // startDevPeer starts one peer of the dev mesh with the shared demo

@@ -67,6 +67,10 @@ type serveOptions struct {
 	replicas int
 
 	natsUser, natsPassword, natsUsers string
+	// meshInboxPrefix is the reply-subject prefix of the services'
+	// connections: the private inbox of this peer's user at a mesh hub,
+	// the only replies from other peers the hub lets through.
+	meshInboxPrefix string
 
 	ota otaFlags
 
@@ -101,6 +105,11 @@ func (o *serveOptions) connectOptions(name string, users *embeddedUsers, role na
 	case o.natsUser != "":
 		co.Extra = []nats.Option{nats.UserInfo(o.natsUser, o.natsPassword)}
 	}
+	if o.meshInboxPrefix != "" && role == natsauth.RoleServices {
+		// The services send this peer's requests to other peers
+		// (anti-entropy, receipts, snapshot restores).
+		co.Extra = append(co.Extra, nats.CustomInboxPrefix(o.meshInboxPrefix))
+	}
 	return co
 }
 
@@ -118,6 +127,7 @@ func (o *serveOptions) addFlags(cmd *cobra.Command, defaultHTTP string) {
 	f.StringVar(&o.natsUser, "nats-user", "", "NATS user name for --nats")
 	f.StringVar(&o.natsPassword, "nats-password", "", "NATS password for --nats")
 	f.StringVar(&o.natsUsers, "nats-users", "", "role users file of an embedded server (default DATA/nats-users.json)")
+	f.StringVar(&o.meshInboxPrefix, "mesh-inbox-prefix", "", "reply-subject prefix of the services' requests to other peers: the private inbox of this peer's user at the mesh hub (natsauth.InboxPrefix, e.g. _INBOX_peer-0); empty uses _INBOX")
 	f.IntVar(&o.replicas, "replicas", 1, "replicas of the streams the services create (3 on a JetStream cluster)")
 	o.ota.add(f)
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")

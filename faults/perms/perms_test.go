@@ -1,7 +1,8 @@
 // Package perms checks, one test per rule, that the NATS users of
 // shared/natsauth hold the guard's boundary on a real stack: an embedded
 // server with the role users, and the guard and the journal running as
-// their own users.
+// their own users; and that a mesh hub (shared/mesh) keeps each peer to
+// its own subjects (mesh_test.go).
 package perms
 
 import (

@@ -43,7 +43,14 @@ type meshPeer struct {
 // key, and syncs on a short interval.
 func startMesh(t *testing.T, d *device, rights ...[]capability.Right) (*mesh.Hub, []*meshPeer) {
 	t.Helper()
-	hub, err := mesh.StartHub(mesh.HubConfig{Peers: len(rights)})
+	keys := make([]ed25519.PrivateKey, len(rights))
+	ids := make([]events.PeerID, len(rights))
+	for i := range rights {
+		var pub ed25519.PublicKey
+		pub, keys[i], _ = ed25519.GenerateKey(rand.Reader)
+		ids[i] = events.PeerIDOf(pub)
+	}
+	hub, err := mesh.StartHub(mesh.HubConfig{Peers: ids})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,9 +62,11 @@ func startMesh(t *testing.T, d *device, rights ...[]capability.Right) (*mesh.Hub
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-		nc := bustest.Connect(t, ns.ClientURL())
+		// Replies from other peers cross the hub only to this peer's
+		// private inbox.
+		nc := bustest.Connect(t, ns.ClientURL(), nats.CustomInboxPrefix(hub.InboxPrefix(i)))
 		js, _ := jetstream.New(nc)
-		pub, key, _ := ed25519.GenerateKey(rand.Reader)
+		pub, key := keys[i].Public().(ed25519.PublicKey), keys[i]
 		token, err := capability.Mint(d.authKey, pub, r, time.Now().Add(time.Hour))
 		if err != nil {
 			t.Fatal(err)

@@ -2,15 +2,25 @@
 // nats-server, and peers whose own embedded servers (each with its own
 // JetStream domain) connect to it as leafnodes.
 //
-// Only peer requests (fs.peer.>), presence (fs.presence.>) and reply
-// inboxes may cross the mesh (docs/architecture.md). Everything else a
-// peer's server carries (INGRESS, JOURNAL, tokens, denials, changes, API
-// and service requests, JetStream's API) stays local. Two walls enforce
-// it: the hub lets each leaf connection's user publish and subscribe only
-// the allowed families (Allowed), and each peer's remote denies importing
-// and exporting the local families (Local), so a peer that misconfigures
-// its own side still cannot reach another's, and the hub holds even when a
-// peer's server is hostile.
+// Only peer requests (fs.peer.>), presence (fs.presence.>) and the replies
+// to peer requests may cross the mesh (docs/architecture.md). Everything
+// else a peer's server carries (INGRESS, JOURNAL, tokens, denials,
+// changes, API and service requests, JetStream's API) stays local. Two
+// walls enforce it: the hub gives each peer's leafnode link a user of its
+// own (shared/natsauth's RolePeer bound to the peer's id) that may publish
+// and subscribe only its part of those families, and each peer's remote
+// denies importing and exporting the local families (Local), so a peer
+// that misconfigures its own side still cannot reach another's, and the
+// hub holds even when a peer's server is hostile.
+//
+// The hub scopes each peer to its own subjects, so a hostile peer cannot
+// read other peers' requests (which carry their bearer sync tokens) or
+// replies: peer i may receive only the requests addressed to it
+// (fs.peer.<id>.>), announce only its own presence, and receive replies
+// only on its private inbox prefix (Hub.InboxPrefix); it may send
+// requests to any peer and answer them on the other peers' private
+// inboxes. The connections of peer i that send requests across the mesh
+// must therefore use that prefix (nats.CustomInboxPrefix).
 package mesh
 
 import (
@@ -26,15 +36,9 @@ import (
 
 	"github.com/factsync/factsync/events"
 	"github.com/factsync/factsync/shared/bus"
+	"github.com/factsync/factsync/shared/natsauth"
 	"github.com/nats-io/nats-server/v2/server"
 )
-
-// Allowed are the subject families that may cross the mesh.
-var Allowed = []string{
-	events.PeerPrefix + ".>",
-	events.PresencePrefix + ".>",
-	"_INBOX.>",
-}
 
 // Local are the subject families that must never cross the mesh; every
 // peer's remote denies them both ways.
@@ -56,9 +60,11 @@ var Local = []string{
 type HubConfig struct {
 	// Host defaults to 127.0.0.1; ports are picked at random.
 	Host string
-	// Peers is how many leaf users the hub has, one per peer.
-	Peers int
-	// allowAll turns the hub's allow-list off, for the test that shows
+	// Peers are the ids of the peers the hub links, one leaf user each
+	// (PeerUser(i) for Peers[i]). The peer's services announce presence
+	// as that id, and the hub lets no other through.
+	Peers []events.PeerID
+	// allowAll turns the hub's permissions off, for the test that shows
 	// the peers' deny lists hold on their own.
 	allowAll bool
 }
@@ -67,41 +73,59 @@ type HubConfig struct {
 type Hub struct {
 	Server *server.Server
 	host   string
-	users  []*server.User
+	users  []natsauth.User
 	leaf   string // host:port of the leafnode listener
 	links  []*link
 }
 
+// PeerUser is the name of the hub's user for peer i's leafnode link.
+func PeerUser(i int) string { return fmt.Sprintf("peer-%d", i) }
+
 // StartHub starts a hub with one leaf user per peer (random passwords),
-// each allowed only the families in Allowed. It has no other user, so
-// nothing else can connect to it.
+// each scoped to its peer (see the package comment). It has no other
+// user, so nothing else can connect to it.
 func StartHub(cfg HubConfig) (*Hub, error) {
 	if cfg.Host == "" {
 		cfg.Host = "127.0.0.1"
 	}
-	h := &Hub{host: cfg.Host, links: make([]*link, cfg.Peers)}
-	for i := range cfg.Peers {
-		perms := &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: Allowed},
-			Subscribe: &server.SubjectPermission{Allow: Allowed},
+	h := &Hub{host: cfg.Host, links: make([]*link, len(cfg.Peers))}
+	for i, id := range cfg.Peers {
+		if err := id.Validate(); err != nil {
+			return nil, fmt.Errorf("mesh: peer %d: %w", i, err)
 		}
-		if cfg.allowAll {
-			perms = nil
+		var others []string
+		for j := range cfg.Peers {
+			if j != i {
+				others = append(others, PeerUser(j))
+			}
 		}
-		h.users = append(h.users, &server.User{Username: fmt.Sprintf("peer-%d", i), Password: secret(), Permissions: perms})
+		h.users = append(h.users, natsauth.User{
+			Name: PeerUser(i), Password: secret(), Role: natsauth.RolePeer,
+			Peer: id, PrivateInbox: true, ReplyTo: others,
+		})
 	}
 	opts := &server.Options{
 		ServerName: "factsync-hub",
 		Host:       cfg.Host,
 		Port:       server.RANDOM_PORT,
-		// The leaf users are the server's users: nats-server applies the
-		// permissions of these to leaf connections, and ignores those of
-		// leafnodes{authorization{users}}. With users set, nobody connects
-		// without one.
-		Users:      h.users,
 		NoSigs:     true,
 		NoLog:      true,
 		MaxPayload: 8 << 20,
+	}
+	// The leaf users are the server's users: nats-server applies the
+	// permissions of these to leaf connections, and ignores those of
+	// leafnodes{authorization{users}}. With users set, nobody connects
+	// without one.
+	if cfg.allowAll {
+		for _, u := range h.users {
+			opts.Users = append(opts.Users, &server.User{Username: u.Name, Password: u.Password})
+		}
+	} else {
+		apply, err := natsauth.Apply(h.users...)
+		if err != nil {
+			return nil, fmt.Errorf("mesh: hub users: %w", err)
+		}
+		apply(opts)
 	}
 	opts.LeafNode.Host = cfg.Host
 	opts.LeafNode.Port = server.RANDOM_PORT
@@ -118,6 +142,15 @@ func StartHub(cfg HubConfig) (*Hub, error) {
 	h.leaf = net.JoinHostPort(cfg.Host, fmt.Sprint(opts.LeafNode.Port))
 	return h, nil
 }
+
+// InboxPrefix is the reply-subject prefix peer i's connections must use
+// for requests that cross the mesh: the hub delivers peer i no replies
+// but those under it.
+func (h *Hub) InboxPrefix(i int) string { return natsauth.InboxPrefix(PeerUser(i)) }
+
+// User returns the hub's user for peer i, for tests that connect to the
+// hub as a peer would (a hostile peer's server need not be a leafnode).
+func (h *Hub) User(i int) natsauth.User { return h.users[i] }
 
 // Link returns the server options of peer i's leafnode link to the hub:
 // a remote with peer i's credentials and the deny lists, through a link
@@ -139,7 +172,7 @@ func (h *Hub) link(i int, denyLocal bool) (func(*server.Options), error) {
 		return nil, err
 	}
 	h.links[i] = l
-	u := &url.URL{Scheme: "nats-leaf", Host: l.addr(), User: url.UserPassword(h.users[i].Username, h.users[i].Password)}
+	u := &url.URL{Scheme: "nats-leaf", Host: l.addr(), User: url.UserPassword(h.users[i].Name, h.users[i].Password)}
 	remote := &server.RemoteLeafOpts{URLs: []*url.URL{u}}
 	if denyLocal {
 		remote.DenyImports, remote.DenyExports = Local, Local

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/factsync/factsync/events"
 	"github.com/factsync/factsync/shared/bus"
 	"github.com/factsync/factsync/shared/bustest"
 	"github.com/nats-io/nats.go"
@@ -26,11 +27,14 @@ var localSamples = []string{
 // walls picks which of the two walls a test mesh has.
 type walls struct{ hub, denyLists bool }
 
+// testPeers are the ids of the test meshes' peers.
+var testPeers = []events.PeerID{events.PeerID(strings.Repeat("a", events.IDLen)), events.PeerID(strings.Repeat("b", events.IDLen))}
+
 // twoPeers starts a hub and two linked peers with the given walls and
-// returns a connection to each peer.
+// returns a connection to each peer, on the peer's private inbox.
 func twoPeers(t *testing.T, w walls) (*Hub, [2]*nats.Conn) {
 	t.Helper()
-	hub, err := StartHub(HubConfig{Peers: 2, allowAll: !w.hub})
+	hub, err := StartHub(HubConfig{Peers: testPeers, allowAll: !w.hub})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +50,7 @@ func twoPeers(t *testing.T, w walls) (*Hub, [2]*nats.Conn) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-		conns[i] = bustest.Connect(t, ns.ClientURL())
+		conns[i] = bustest.Connect(t, ns.ClientURL(), nats.CustomInboxPrefix(hub.InboxPrefix(i)))
 	}
 	return hub, conns
 }
@@ -85,7 +89,7 @@ func crossed(t *testing.T, conns [2]*nats.Conn) []string {
 		}
 	}
 	control := make(chan string, 16)
-	if _, err := conns[1].Subscribe("fs.peer.p1.>", func(m *nats.Msg) { control <- string(m.Data) }); err != nil {
+	if _, err := conns[1].Subscribe(events.PeerPrefix+"."+string(testPeers[1])+".>", func(m *nats.Msg) { control <- string(m.Data) }); err != nil {
 		t.Fatal(err)
 	}
 	if err := conns[1].Flush(); err != nil {
@@ -93,7 +97,7 @@ func crossed(t *testing.T, conns [2]*nats.Conn) []string {
 	}
 	// Wait until the link is up and interest has crossed.
 	bustest.Eventually(t, 20*time.Second, func() bool {
-		_ = conns[0].Publish("fs.peer.p1.control", []byte("ready"))
+		_ = conns[0].Publish(events.PeerSubject(testPeers[1], "test", "control"), []byte("ready"))
 		select {
 		case <-control:
 			return true
@@ -106,7 +110,7 @@ func crossed(t *testing.T, conns [2]*nats.Conn) []string {
 			t.Fatal(err)
 		}
 	}
-	if err := conns[0].Publish("fs.peer.p1.control", []byte("done")); err != nil {
+	if err := conns[0].Publish(events.PeerSubject(testPeers[1], "test", "control"), []byte("done")); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.After(10 * time.Second)
@@ -167,7 +171,7 @@ func TestOnlyPeerPresenceAndInboxesCross(t *testing.T) {
 // link stops both until it heals.
 func TestRequestsCrossAndLinksCut(t *testing.T) {
 	hub, conns := twoPeers(t, walls{hub: true, denyLists: true})
-	if _, err := conns[1].Subscribe("fs.peer.p1.echo.ping", func(m *nats.Msg) { _ = m.Respond(append([]byte("pong:"), m.Data...)) }); err != nil {
+	if _, err := conns[1].Subscribe(events.PeerSubject(testPeers[1], "echo", "ping"), func(m *nats.Msg) { _ = m.Respond(append([]byte("pong:"), m.Data...)) }); err != nil {
 		t.Fatal(err)
 	}
 	presence := make(chan struct{}, 16)
@@ -178,12 +182,12 @@ func TestRequestsCrossAndLinksCut(t *testing.T) {
 		t.Fatal(err)
 	}
 	ask := func() bool {
-		r, err := conns[0].Request("fs.peer.p1.echo.ping", []byte("x"), 200*time.Millisecond)
+		r, err := conns[0].Request(events.PeerSubject(testPeers[1], "echo", "ping"), []byte("x"), 200*time.Millisecond)
 		return err == nil && string(r.Data) == "pong:x"
 	}
 	bustest.Eventually(t, 20*time.Second, ask, "a request across the mesh to be answered")
 	bustest.Eventually(t, 5*time.Second, func() bool {
-		_ = conns[0].Publish("fs.presence.p0", []byte("{}"))
+		_ = conns[0].Publish(events.PresenceSubject(testPeers[0]), []byte("{}"))
 		select {
 		case <-presence:
 			return true

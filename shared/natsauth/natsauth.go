@@ -11,6 +11,7 @@ package natsauth
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -32,10 +33,14 @@ const (
 	// streams, JetStream's API, and INGRESS for facts pulled from peers.
 	RoleServices Role = "services"
 	// RoleClient is an application or SDK: ingress, client requests and
-	// replies only.
+	// replies, its authorities' changes, and the peers' presence
+	// heartbeats (a peer id and an interval, which the SDK's peer
+	// discovery follows).
 	RoleClient Role = "client"
 	// RolePeer is a remote peer (a leafnode or a peer's services connecting
-	// in): peer requests, presence and replies only.
+	// in): peer requests, presence and replies only. Bound to its PeerID
+	// (User.Peer) it also receives the requests addressed to it, which is
+	// what a mesh hub's user for that peer's leafnode link needs.
 	RolePeer Role = "peer"
 )
 
@@ -51,8 +56,15 @@ type User struct {
 	// on fs.changes.>; scope every client that is not fully trusted.
 	Authorities []events.AuthorityID
 	// Peer, for a peer, is the PeerID the user speaks for: it may announce
-	// presence only as that peer. Unset, it may announce any peer.
+	// presence only as that peer, and it may receive the requests
+	// addressed to that peer (fs.peer.<Peer>.>) but no other peer's.
+	// Unset, it may announce any peer and receives no requests.
 	Peer events.PeerID
+	// ReplyTo, for a peer, names the users whose private inboxes
+	// (InboxPrefix) it may publish to, to answer their requests: on a
+	// mesh hub, the other peers' users. A peer with a PrivateInbox
+	// answers only those; without one it may publish to all of _INBOX.>.
+	ReplyTo []string
 	// PrivateInbox, for a client or a peer, lets the user receive replies
 	// only on InboxPrefix(Name), so it cannot read replies meant for
 	// others on _INBOX.>. The user's connections must then set
@@ -73,7 +85,7 @@ func (u User) Permissions() (*server.Permissions, error) {
 	switch {
 	case u.Role == RoleClient && len(u.Authorities) > 0:
 		pub := []string{events.PeerPrefix + ".>", inbox}
-		sub := []string{inbox}
+		sub := []string{inbox, events.PresencePrefix + ".>"}
 		for _, a := range u.Authorities {
 			if err := a.Validate(); err != nil {
 				return nil, fmt.Errorf("natsauth: user %s: %w", u.Name, err)
@@ -87,9 +99,19 @@ func (u User) Permissions() (*server.Permissions, error) {
 			return nil, fmt.Errorf("natsauth: user %s: %w", u.Name, err)
 		}
 		perms.Publish.Allow = []string{events.PeerPrefix + ".>", events.PresenceSubject(u.Peer), inbox}
+		perms.Subscribe.Allow = append(perms.Subscribe.Allow, events.PeerPrefix+"."+string(u.Peer)+".>")
+	}
+	if len(u.ReplyTo) > 0 && u.Role != RolePeer {
+		return nil, fmt.Errorf("natsauth: user %s: only a peer answers other users' requests (ReplyTo)", u.Name)
+	}
+	for _, other := range u.ReplyTo {
+		if !inboxToken(other) {
+			return nil, fmt.Errorf("natsauth: user %s: reply-to user %q has no private inbox: the name is not a subject token", u.Name, other)
+		}
+		perms.Publish.Allow = append(perms.Publish.Allow, InboxPrefix(other)+".>")
 	}
 	if u.PrivateInbox && (u.Role == RoleClient || u.Role == RolePeer) {
-		if strings.ContainsAny(u.Name, ".*> \t") {
+		if !inboxToken(u.Name) {
 			return nil, fmt.Errorf("natsauth: user %q cannot have a private inbox: the name is not a subject token", u.Name)
 		}
 		for i, s := range perms.Subscribe.Allow {
@@ -97,9 +119,19 @@ func (u User) Permissions() (*server.Permissions, error) {
 				perms.Subscribe.Allow[i] = InboxPrefix(u.Name) + ".>"
 			}
 		}
+		if u.Role == RolePeer {
+			// Its replies go to the private inboxes of ReplyTo; the
+			// shared _INBOX.> would let it answer (or forge answers to)
+			// anyone's requests.
+			perms.Publish.Allow = slices.DeleteFunc(perms.Publish.Allow, func(s string) bool { return s == inbox })
+		}
 	}
 	return perms, nil
 }
+
+// inboxToken reports whether a user name can make a private inbox prefix:
+// a non-empty subject token.
+func inboxToken(name string) bool { return name != "" && !strings.ContainsAny(name, ".*> \t") }
 
 // inbox is where nats.go and the JetStream API address replies.
 const inbox = "_INBOX.>"
@@ -154,7 +186,7 @@ func Permissions(role Role) (*server.Permissions, error) {
 			Publish: &server.SubjectPermission{Allow: []string{
 				events.IngressPrefix + ".>", events.APIPrefix + ".>", events.PeerPrefix + ".>", inbox,
 			}},
-			Subscribe: &server.SubjectPermission{Allow: []string{inbox, events.ChangesPrefix + ".>"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{inbox, events.ChangesPrefix + ".>", events.PresencePrefix + ".>"}},
 		}, nil
 	case RolePeer:
 		return &server.Permissions{

@@ -159,6 +159,13 @@ func (s *Stack) ConnectWatched(t testing.TB, role natsauth.Role) *Conn {
 // has one.
 func (s *Stack) ConnectAs(t testing.TB, u natsauth.User) *Conn {
 	t.Helper()
+	return ConnectTo(t, s.URL, u)
+}
+
+// ConnectTo opens a watched connection as u to the server at url (a
+// mesh hub, say), on u's private inbox when it has one.
+func ConnectTo(t testing.TB, url string, u natsauth.User) *Conn {
+	t.Helper()
 	c := &Conn{}
 	opts := []nats.Option{nats.UserInfo(u.Name, u.Password),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
@@ -169,7 +176,7 @@ func (s *Stack) ConnectAs(t testing.TB, u natsauth.User) *Conn {
 	if u.PrivateInbox {
 		opts = append(opts, nats.CustomInboxPrefix(natsauth.InboxPrefix(u.Name)))
 	}
-	c.Conn = bustest.Connect(t, s.URL, opts...)
+	c.Conn = bustest.Connect(t, url, opts...)
 	var err error
 	if c.JS, err = jetstream.New(c.Conn); err != nil {
 		t.Fatal(err)
