@@ -129,6 +129,10 @@ func StartHub(cfg HubConfig) (*Hub, error) {
 	}
 	opts.LeafNode.Host = cfg.Host
 	opts.LeafNode.Port = server.RANDOM_PORT
+	// Peers must reach the hub only through their links: an advertised
+	// leafnode URL is added to every remote's list, and a cut peer
+	// reconnected to it directly, past the cut.
+	opts.LeafNode.NoAdvertise = true
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: configure hub: %w", err)
@@ -242,10 +246,11 @@ type link struct {
 	ln     net.Listener
 	target string
 
-	mu    sync.Mutex
-	cut   bool
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
+	mu      sync.Mutex
+	cut     bool
+	refused int // connections turned away while cut
+	conns   map[net.Conn]struct{}
+	wg      sync.WaitGroup
 }
 
 func newLink(host, target string) (*link, error) {
@@ -270,6 +275,7 @@ func (l *link) accept() {
 		}
 		l.mu.Lock()
 		if l.cut {
+			l.refused++
 			l.mu.Unlock()
 			_ = c.Close()
 			continue

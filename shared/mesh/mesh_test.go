@@ -198,6 +198,17 @@ func TestRequestsCrossAndLinksCut(t *testing.T) {
 
 	hub.Cut(1)
 	bustest.Eventually(t, 10*time.Second, func() bool { return !ask() }, "the cut to stop requests")
+	// The cut peer keeps knocking on its link, and never reaches the hub
+	// another way (an advertised leafnode URL would let it).
+	bustest.Eventually(t, 10*time.Second, func() bool {
+		l := hub.links[1]
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.refused >= 3
+	}, "the cut peer to try its link again")
+	if n := hub.Server.NumLeafNodes(); n != 1 {
+		t.Fatalf("the hub has %d leafnode connections while peer 1 is cut, want 1", n)
+	}
 	hub.Heal(1)
 	bustest.Eventually(t, 20*time.Second, ask, "requests to cross again after the link heals")
 }
