@@ -412,6 +412,8 @@ var OTARights = map[string]string{
 	OTAOpAbort:   "ota:propose",
 	OTAOpPolicy:  "ota:approve",
 	OTAOpFetch:   "sync",
+	OTAOpLog:     "sync",
+	OTAOpHead:    "sync",
 }
 
 // OTAProposeRequest proposes a release and uploads its artifact (at most

@@ -14,7 +14,8 @@ import (
 
 // After an OTA hard fork activates protocol 2, the guard refuses peer
 // requests from peers that still speak protocol 1, with reason
-// protocol_version, and forwards those that speak 2.
+// protocol_version, and forwards those that speak 2, and OTA requests
+// from either.
 func TestPeerBelowActiveProtocolIsRefused(t *testing.T) {
 	h := startServer(t)
 	ctx := context.Background()
@@ -35,8 +36,16 @@ func TestPeerBelowActiveProtocolIsRefused(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
 
-	ask := func(protocol string) string {
-		m := nats.NewMsg(events.PeerSubject(peer, "antientropy", "open"))
+	// OTA is not a sync protocol: a peer left behind must still learn of
+	// the release and fetch it.
+	otaSub, err := h.Conn.QueueSubscribe(events.ServiceSubject(events.OTAProto, events.OTAOpLog, auth), "ota", func(m *nats.Msg) { _ = m.Respond([]byte(`{}`)) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = otaSub.Unsubscribe() })
+
+	askProto := func(proto, op, protocol string) string {
+		m := nats.NewMsg(events.PeerSubject(peer, proto, op))
 		m.Data = []byte(`{}`)
 		m.Header.Set(events.HeaderToken, base64.StdEncoding.EncodeToString(d.token))
 		m.Header.Set(events.HeaderAuthorityKey, hex.EncodeToString(d.authPub))
@@ -48,8 +57,12 @@ func TestPeerBelowActiveProtocolIsRefused(t *testing.T) {
 		}
 		return reply.Header.Get(events.HeaderReason)
 	}
+	ask := func(protocol string) string { return askProto("antientropy", "open", protocol) }
 	eventually(t, 20*time.Second, "the guard to follow protocol 2", func() bool { return ask("1") == string(events.ReasonProtocolVersion) })
 	if reason := ask("2"); reason != "" {
 		t.Fatalf("a peer at the active protocol was refused: %s", reason)
+	}
+	if reason := askProto(events.OTAProto, events.OTAOpLog, "1"); reason != "" {
+		t.Fatalf("a peer below the active protocol was refused the OTA log: %s", reason)
 	}
 }

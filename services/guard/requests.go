@@ -55,7 +55,7 @@ func RequestRight(proto, op string, body []byte) (capability.Right, error) {
 		return whole(capability.OpSync)
 	case "snapshot":
 		return whole(capability.OpSnapshot)
-	case "ota":
+	case events.OTAProto:
 		// The OTA contract names each operation's right; an operation it
 		// does not name is refused rather than given a default.
 		right, ok := events.OTARights[op]
@@ -172,15 +172,17 @@ func (g *running) forward(ctx context.Context, m *nats.Msg, peer bool) (*nats.Ms
 		err  error
 	)
 	if peer {
-		// A peer below the protocol version in force speaks a sync
-		// protocol this peer has left behind (an OTA hard fork).
-		if err := g.protocol.AdmitHeader(m.Header); err != nil {
-			return nil, err
-		}
 		addr, err = events.ParsePeerSubject(m.Subject)
 		if err == nil {
 			addr.Authority = events.AuthorityID(m.Header.Get(events.HeaderAuthority))
 			err = addr.Authority.Validate()
+		}
+		// A peer below the protocol version in force speaks a sync
+		// protocol this peer has left behind (an OTA hard fork). OTA
+		// itself is not a sync protocol and stays open to it: a peer left
+		// behind must still learn of the release and fetch it to catch up.
+		if err == nil && addr.Proto != events.OTAProto {
+			err = g.protocol.AdmitHeader(m.Header)
 		}
 	} else {
 		addr, err = events.ParseAPISubject(events.APIPrefix, m.Subject)
