@@ -7,9 +7,12 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"strconv"
 	"time"
 
 	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/shared/bus"
 	"github.com/nats-io/nats.go"
 )
 
@@ -29,6 +32,9 @@ type Client struct {
 	Token []byte
 	// Direct sends to fs.svc.ota.<op>.<authority>, skipping the guard.
 	Direct bool
+	// Peer, when set, sends to fs.peer.<Peer>.ota.<op>: across the mesh,
+	// through that peer's guard, which checks Token as its own clients'.
+	Peer events.PeerID
 	// Timeout bounds each request; default 15s.
 	Timeout time.Duration
 }
@@ -158,21 +164,9 @@ func pick(st events.OTAStatusReply, id string) (events.OTACeremony, error) {
 }
 
 func (c *Client) request(ctx context.Context, op string, req, reply any) error {
-	body, err := json.Marshal(req)
+	msg, err := c.message(op, req)
 	if err != nil {
-		return events.Wrap(events.ReasonMalformed, err, "encode request")
-	}
-	subject := events.APISubject(Name, op, c.Authority)
-	if c.Direct {
-		subject = events.ServiceSubject(Name, op, c.Authority)
-	}
-	msg := nats.NewMsg(subject)
-	msg.Data = body
-	if c.Token != nil {
-		msg.Header.Set(events.HeaderToken, base64.StdEncoding.EncodeToString(c.Token))
-	}
-	if c.AuthorityKey != nil {
-		msg.Header.Set(events.HeaderAuthorityKey, hex.EncodeToString(c.AuthorityKey))
+		return err
 	}
 	timeout := c.Timeout
 	if timeout <= 0 {
@@ -180,7 +174,11 @@ func (c *Client) request(ctx context.Context, op string, req, reply any) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	bus.InjectTrace(ctx, msg.Header)
 	resp, err := c.Conn.RequestMsgWithContext(ctx, msg)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return events.Errorf(events.ReasonUnavailable, "nobody answers %s: no ota service, or the peer is not on the mesh", msg.Subject)
+	}
 	if err != nil {
 		return events.Wrap(events.ReasonUnavailable, err, "ota "+op+" request")
 	}
@@ -191,4 +189,35 @@ func (c *Client) request(ctx context.Context, op string, req, reply any) error {
 		return events.Wrap(events.ReasonMalformed, err, "ota "+op+" reply does not decode")
 	}
 	return nil
+}
+
+// message addresses req to the op: through the local guard, to the
+// service directly, or to a peer's guard across the mesh.
+func (c *Client) message(op string, req any) (*nats.Msg, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, events.Wrap(events.ReasonMalformed, err, "encode request")
+	}
+	subject := events.APISubject(Name, op, c.Authority)
+	switch {
+	case c.Peer != "":
+		subject = events.PeerSubject(c.Peer, Name, op)
+	case c.Direct:
+		subject = events.ServiceSubject(Name, op, c.Authority)
+	}
+	msg := nats.NewMsg(subject)
+	msg.Data = body
+	if c.Token != nil {
+		msg.Header.Set(events.HeaderToken, base64.StdEncoding.EncodeToString(c.Token))
+	}
+	if c.AuthorityKey != nil {
+		msg.Header.Set(events.HeaderAuthorityKey, hex.EncodeToString(c.AuthorityKey))
+	}
+	if c.Peer != "" {
+		// A peer request names its authority in a header (the subject
+		// names the peer), and the protocol version this build speaks.
+		msg.Header.Set(events.HeaderAuthority, string(c.Authority))
+		msg.Header.Set(events.HeaderProtocolVersion, strconv.FormatUint(uint64(events.ProtocolVersion), 10))
+	}
+	return msg, nil
 }

@@ -37,8 +37,33 @@ type Config struct {
 	// StageDir is where releases are staged; default <DataDir>/staged.
 	StageDir string
 	// Tick is how often the service checks activation times and
-	// deadlines and catches up with other replicas; default 1s.
+	// deadlines and catches up with other replicas (a follower: copies
+	// the coordinator's log); default 1s.
 	Tick time.Duration
+
+	// Coordinator is the peer whose OTA stream is the ceremony's log.
+	// Empty, or this peer's own id, makes this peer the coordinator: it
+	// decides and writes every event. Any other peer is a follower: it
+	// copies the coordinator's log into its own OTA stream, judging each
+	// message with its own ledger, and sends its writes to the
+	// coordinator across the mesh (docs/ota.md, "Across the mesh").
+	Coordinator events.PeerID
+	// Credential is what this peer presents to other peers' guards: a
+	// token granting sync on the release authority, minted for this
+	// peer's key. A follower needs it to copy the log and fetch
+	// artifacts; a coordinator to tell followers its log has grown.
+	Credential Credential
+	// RequestTimeout bounds each request to another peer; default 15s. A
+	// request lost on a link coming back up costs a follower this long
+	// before it tries again.
+	RequestTimeout time.Duration
+}
+
+// Credential is a token and the public key of the authority it is rooted
+// at, which a peer's guard checks it against.
+type Credential struct {
+	AuthorityKey ed25519.PublicKey
+	Token        []byte
 }
 
 // Service is the ota service. Several replicas may share one OTA stream:
@@ -58,6 +83,10 @@ type Service struct {
 	// reported holds the proposals this peer has staged and reported on,
 	// so it does not stage them again. Only the Run loop uses it.
 	reported map[string]bool
+	// nudge wakes the Run loop before its next tick: a write to the OTA
+	// stream, or a coordinator's head notice.
+	nudge   chan struct{}
+	metrics *metrics
 }
 
 var _ service.Service = (*Service)(nil)
@@ -67,7 +96,10 @@ func New(cfg Config) *Service {
 	if cfg.Tick <= 0 {
 		cfg.Tick = time.Second
 	}
-	return &Service{cfg: cfg, reported: map[string]bool{}}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = requestTimeout
+	}
+	return &Service{cfg: cfg, reported: map[string]bool{}, nudge: make(chan struct{}, 1)}
 }
 
 // Name is "ota".
@@ -111,38 +143,34 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 		return events.Wrap(events.ReasonUnavailable, err, "open the OTA stream")
 	}
 
+	m, err := newMetrics(env.Meter)
+	if err != nil {
+		return err
+	}
 	s.mu.Lock()
-	s.env, s.stream, s.objects = env, stream, objects[0]
+	s.env, s.stream, s.objects, s.metrics = env, stream, objects[0], m
 	s.ledger = NewLedger(anchor)
 	err = s.catchUpLocked(ctx)
 	s.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	if env.Meter != nil {
-		reg, err := s.observeCeremonies(env.Meter)
-		if err != nil {
-			return err
-		}
-		defer func() { _ = reg.Unregister() }()
+	reg, err := s.observe()
+	if err != nil {
+		return err
 	}
+	defer func() { _ = reg.Unregister() }()
 
 	// Any write to the OTA stream, by this replica or another, nudges
 	// the loop to catch up at once rather than at the next tick. The
 	// nudge comes from a stream consumer, not a core subscription: a
 	// core subscriber can hear a message before the stream has stored
 	// it, and would then catch up to just short of it.
-	nudge := make(chan struct{}, 1)
 	watcher, err := env.JS.OrderedConsumer(ctx, events.StreamOTA, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverNewPolicy})
 	if err != nil {
 		return events.Wrap(events.ReasonUnavailable, err, "watch the OTA stream")
 	}
-	watch, err := watcher.Consume(func(jetstream.Msg) {
-		select {
-		case nudge <- struct{}{}:
-		default:
-		}
-	})
+	watch, err := watcher.Consume(func(jetstream.Msg) { s.wake() })
 	if err != nil {
 		return events.Wrap(events.ReasonUnavailable, err, "watch the OTA stream")
 	}
@@ -170,15 +198,24 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-nudge:
+		case <-s.nudge:
 		case <-ticker.C():
 		}
 	}
 }
 
-// step does what time and other replicas' writes have made due: it writes
-// due activations and aborts, announces a newly active protocol, and
-// stages approved releases for this peer.
+// wake nudges the Run loop; a nudge already pending covers this one.
+func (s *Service) wake() {
+	select {
+	case s.nudge <- struct{}{}:
+	default:
+	}
+}
+
+// step does what time and other replicas' writes have made due. The
+// coordinator writes due activations and aborts and announces a newly
+// active protocol; a follower copies the coordinator's log instead. Both
+// stage approved releases for this peer.
 func (s *Service) step(ctx context.Context) {
 	s.mu.Lock()
 	err := s.catchUpLocked(ctx)
@@ -187,6 +224,15 @@ func (s *Service) step(ctx context.Context) {
 	if err != nil {
 		if ctx.Err() == nil {
 			s.env.Log.Warn("ota: catch up with the OTA stream", "err", err)
+		}
+		return
+	}
+	if s.follower() {
+		if err := s.copyLog(ctx); err != nil && ctx.Err() == nil {
+			s.env.Log.Warn("ota: copy the coordinator's OTA log", "coordinator", s.cfg.Coordinator, "err", err)
+		}
+		if s.cfg.Stage {
+			s.stageApproved(ctx)
 		}
 		return
 	}
@@ -217,14 +263,14 @@ func Replay(ctx context.Context, js jetstream.JetStream, anchor *Policy) (Ledger
 	if err != nil {
 		return Ledger{}, 0, events.Wrap(events.ReasonUnavailable, err, "open the OTA stream")
 	}
-	return fold(ctx, stream, NewLedger(anchor), 0, nil)
+	return fold(ctx, stream, NewLedger(anchor), 0, nil, nil)
 }
 
 // fold applies the stream's messages after sequence after to l. A message
 // the ledger refuses is skipped (and logged when log is set): writers
 // check every event before writing it, so none should be there, and every
-// replica skips it alike.
-func fold(ctx context.Context, stream jetstream.Stream, l Ledger, after uint64, log func(seq uint64, err error)) (Ledger, uint64, error) {
+// replica skips it alike. applied, when set, sees each step.
+func fold(ctx context.Context, stream jetstream.Stream, l Ledger, after uint64, log func(seq uint64, err error), applied func(prev, next Ledger)) (Ledger, uint64, error) {
 	info, err := stream.Info(ctx)
 	if err != nil {
 		return l, after, events.Wrap(events.ReasonUnavailable, err, "read the OTA stream's state")
@@ -244,6 +290,9 @@ func fold(ctx context.Context, stream jetstream.Stream, l Ledger, after uint64, 
 			}
 			continue
 		}
+		if applied != nil {
+			applied(l, next)
+		}
 		l = next
 	}
 	return l, info.State.LastSeq, nil
@@ -253,9 +302,16 @@ func fold(ctx context.Context, stream jetstream.Stream, l Ledger, after uint64, 
 func (s *Service) catchUpLocked(ctx context.Context) error {
 	l, seq, err := fold(ctx, s.stream, s.ledger, s.applied, func(seq uint64, err error) {
 		s.env.Log.Error("ota: skipping an OTA event the ledger refuses", "seq", seq, "err", err)
-	})
+	}, func(prev, next Ledger) { s.metrics.transitions(ctx, prev, next) })
 	s.ledger, s.applied = l, seq
 	return err
+}
+
+// advanceLocked makes l, one event on from the ledger, the ledger as of
+// stream sequence seq, and counts the ceremony's move. s.mu must be held.
+func (s *Service) advanceLocked(ctx context.Context, l Ledger, seq uint64) {
+	s.metrics.transitions(ctx, s.ledger, l)
+	s.ledger, s.applied = l, seq
 }
 
 // maxWriteAttempts bounds how often a write retries after losing the race
@@ -269,6 +325,11 @@ const maxWriteAttempts = 8
 func (s *Service) write(ctx context.Context, subject string, data []byte, change func(Ledger) (Ledger, error)) (Ledger, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.follower() {
+		// A follower's stream is a copy of the coordinator's log; a
+		// write of its own would fork it.
+		return s.ledger, events.Errorf(events.ReasonInternal, "a follower of coordinator %s never writes its OTA stream itself", s.cfg.Coordinator)
+	}
 	for range maxWriteAttempts {
 		if err := s.catchUpLocked(ctx); err != nil {
 			return s.ledger, err
@@ -284,7 +345,8 @@ func (s *Service) write(ctx context.Context, subject string, data []byte, change
 		if err != nil {
 			return s.ledger, events.Wrap(events.ReasonUnavailable, err, "write to the OTA stream")
 		}
-		s.ledger, s.applied = next, ack.Sequence
+		s.advanceLocked(ctx, next, ack.Sequence)
+		s.announceHead(ack.Sequence)
 		return next, nil
 	}
 	return s.ledger, events.Errorf(events.ReasonUnavailable, "the OTA stream kept moving under %d attempts to write; retry", maxWriteAttempts)

@@ -5,11 +5,11 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
-	"github.com/factsync/factsync/shared/atomicfile"
 	"os"
 	"path/filepath"
 
 	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/shared/atomicfile"
 )
 
 // Stage is what a peer does before it reports ready: it checks the release
@@ -78,7 +78,9 @@ func (s *Service) stageApproved(ctx context.Context) {
 		}
 		var r events.OTAReadiness
 		if data, err := s.artifact(ctx, id); err != nil {
-			if !events.IsReason(err, events.ReasonNotFound) {
+			// A missing artifact, or a wrong one from the coordinator, is
+			// a rejection; anything else may pass.
+			if !events.IsReason(err, events.ReasonNotFound) && !events.IsReason(err, events.ReasonBadProof) {
 				s.env.Log.Warn("ota: fetch an artifact to stage", "proposal", id, "err", err)
 				continue // try again next step
 			}
@@ -86,8 +88,8 @@ func (s *Service) stageApproved(ctx context.Context) {
 		} else {
 			r = StageAndReport(s.cfg.StageDir, l.Policy, c, data, s.env.PeerKey)
 		}
-		_, err := s.commit(ctx, events.OTAEvent{Kind: events.OTAEventReadiness, At: s.env.Clock.Now(), Proposal: id, Readiness: &r})
-		if err != nil && events.IsReason(err, events.ReasonUnavailable) {
+		err := s.report(ctx, r)
+		if err != nil && (events.IsReason(err, events.ReasonUnavailable) || events.IsReason(err, events.ReasonRateLimited)) {
 			s.env.Log.Warn("ota: report readiness", "proposal", id, "err", err)
 			continue // try again next step
 		}
@@ -97,6 +99,17 @@ func (s *Service) stageApproved(ctx context.Context) {
 		s.reported[id] = true
 		s.env.Log.Info("ota: reported readiness", "proposal", id, "status", r.Status, "reason", r.Reason)
 	}
+}
+
+// report records this peer's readiness: in its own stream on the
+// coordinator, else by sending it to the coordinator.
+func (s *Service) report(ctx context.Context, r events.OTAReadiness) error {
+	if s.follower() {
+		_, err := s.remote(ctx, events.OTAOpReady, nil, events.OTAReadyRequest{Collection: "*", Readiness: r})
+		return err
+	}
+	_, err := s.commit(ctx, events.OTAEvent{Kind: events.OTAEventReadiness, At: s.env.Clock.Now(), Proposal: r.Proposal, Readiness: &r})
+	return err
 }
 
 func reportedBy(c events.OTACeremony, peer string) bool {

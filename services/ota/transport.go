@@ -57,6 +57,9 @@ func decode(m *nats.Msg, v any) error {
 
 func (s *Service) handle(ctx context.Context, op string, m *nats.Msg) (any, error) {
 	now := s.env.Clock.Now()
+	if s.follower() && writes[op] {
+		return s.relay(ctx, op, m)
+	}
 	switch op {
 	case events.OTAOpPropose:
 		var req events.OTAProposeRequest
@@ -121,6 +124,19 @@ func (s *Service) handle(ctx context.Context, op string, m *nats.Msg) (any, erro
 			return nil, err
 		}
 		return s.fetch(ctx, req)
+	case events.OTAOpLog:
+		var req events.OTALogRequest
+		if err := decode(m, &req); err != nil {
+			return nil, err
+		}
+		return s.readLog(ctx, req)
+	case events.OTAOpHead:
+		var req events.OTAHeadRequest
+		if err := decode(m, &req); err != nil {
+			return nil, err
+		}
+		s.wake()
+		return events.OTAHeadReply{}, nil
 	}
 	return nil, events.Errorf(events.ReasonNotFound, "the ota service has no operation %q", op)
 }
@@ -192,10 +208,14 @@ func (s *Service) fetch(ctx context.Context, req events.OTAFetchRequest) (events
 	return events.OTAFetchReply{Data: data[req.Offset:end], Size: size}, nil
 }
 
-// artifact reads a proposal's artifact from the object store.
+// artifact reads a proposal's artifact from the object store; a follower
+// that has no copy yet fetches one from the coordinator.
 func (s *Service) artifact(ctx context.Context, id string) ([]byte, error) {
 	data, err := s.objects.GetBytes(ctx, id)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		if s.follower() {
+			return s.copyArtifact(ctx, id)
+		}
 		return nil, events.Errorf(events.ReasonNotFound, "no artifact for proposal %q", id)
 	}
 	if err != nil {
