@@ -33,12 +33,17 @@ func runDevPeers(cmd *cobra.Command, base *serveOptions, n int) error {
 	// The hub scopes each peer's link to its peer id, so the ids come
 	// first: each peer's key, kept under its data directory.
 	ids := make([]events.PeerID, n)
+	pubs := make([]ed25519.PublicKey, n)
 	for i := range n {
 		key, _, err := keys.LoadOrGenerate(filepath.Join(devPeerData(base, i), "peer.key"), keys.Peer)
 		if err != nil {
 			return err
 		}
-		ids[i] = events.PeerIDOf(key.Public().(ed25519.PublicKey))
+		pubs[i] = key.Public().(ed25519.PublicKey)
+		ids[i] = events.PeerIDOf(pubs[i])
+	}
+	if err := prepareMeshRelease(base, pubs, authority); err != nil {
+		return err
 	}
 	hub, err := mesh.StartHub(mesh.HubConfig{Peers: ids})
 	if err != nil {
@@ -85,6 +90,46 @@ func runDevPeers(cmd *cobra.Command, base *serveOptions, n int) error {
 // devPeerData is peer i's data directory.
 func devPeerData(base *serveOptions, i int) string {
 	return filepath.Join(base.data, fmt.Sprintf("peer-%d", i))
+}
+
+// prepareMeshRelease gives the dev mesh one release policy, so that a
+// ceremony spans every peer: the demo authority releases, three approver
+// keys (DATA/release/approver-*.key) with a threshold of two, every peer's
+// key (peers[i] is peer i's) reports readiness and all must be ready, and
+// peer-0 coordinates (docs/ota.md, "Across the mesh"). Each peer gets a
+// copy as its DATA/peer-<i>/ota/root.json, unless it has a policy already.
+func prepareMeshRelease(base *serveOptions, peers []ed25519.PublicKey, authority ed25519.PrivateKey) error {
+	n := len(peers)
+	shared := filepath.Join(base.data, "release", "root.json")
+	if _, err := os.Stat(shared); errors.Is(err, os.ErrNotExist) {
+		if _, err := makeRelease(releaseSpec{
+			authority:   events.AuthorityIDOf(authority.Public().(ed25519.PublicKey)),
+			coordinator: events.PeerIDOf(peers[0]),
+			dir:         filepath.Dir(shared),
+			approvers:   3, threshold: 2,
+			peers: peers, quorum: n,
+			expires: 365 * 24 * time.Hour, minNotice: 10 * time.Second,
+		}); err != nil {
+			return err
+		}
+	}
+	policy, err := os.ReadFile(shared)
+	if err != nil {
+		return err
+	}
+	for i := range n {
+		target := filepath.Join(devPeerData(base, i), "ota", "root.json")
+		if _, err := os.Stat(target); err == nil {
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(target), 0o700); err != nil {
+			return err
+		}
+		if err := os.WriteFile(target, policy, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // startDevPeer starts one peer of the dev mesh with the shared demo
@@ -149,6 +194,12 @@ From another shell, with one peer's context:
   go run ./cmd/factsync peers
   go run ./cmd/factsync sync <peer id>
   go run ./cmd/factsync sync status
+
+OTA: one release policy for the mesh (DATA/release/), peer-0 coordinates,
+and every peer must report ready:
+  go run ./cmd/factsync ota propose --version v1.1.0 --artifact FILE --activate-at +30s
+  go run ./cmd/factsync ota approve <id> --key DATA/release/approver-1.key   (and approver-2)
+  go run ./cmd/factsync ota ready <id>                                      (with each peer's context)
 
 Ctrl-C stops every peer.
 `)

@@ -36,14 +36,15 @@ the readiness quorum is met before the deadline.`,
 
 // releaseSpec describes a release policy to make.
 type releaseSpec struct {
-	authority events.AuthorityID
-	dir       string
-	approvers int
-	threshold int
-	peers     []ed25519.PublicKey
-	quorum    int
-	expires   time.Duration
-	minNotice time.Duration
+	authority   events.AuthorityID
+	coordinator events.PeerID
+	dir         string
+	approvers   int
+	threshold   int
+	peers       []ed25519.PublicKey
+	quorum      int
+	expires     time.Duration
+	minNotice   time.Duration
 }
 
 // makeRelease creates approver keys (which also serve as root keys) in dir
@@ -82,13 +83,13 @@ func makeRelease(s releaseSpec) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	b, _ := json.MarshalIndent(release{Authority: s.authority, Root: signed}, "", "  ")
+	b, _ := json.MarshalIndent(release{Authority: s.authority, Coordinator: s.coordinator, Root: signed}, "", "  ")
 	path := filepath.Join(s.dir, "root.json")
 	return path, os.WriteFile(path, b, 0o600)
 }
 
 func newOTAInit(g *globals) *cobra.Command {
-	var authority, out string
+	var authority, coordinator, out string
 	var peers []string
 	var approvers, threshold, quorum int
 	var expires, minNotice time.Duration
@@ -96,7 +97,7 @@ func newOTAInit(g *globals) *cobra.Command {
 		Use:   "init",
 		Short: "Make a release policy: approver keys and a signed root policy",
 		Example: `  factsync ota init --authority-key authority.key --peer peer-a.key --peer peer-b.key --peer peer-c.key \
-    --approvers 3 --threshold 2 --quorum 3 --out release/
+    --coordinator peer-a.key --approvers 3 --threshold 2 --quorum 3 --out release/
   factsync serve ota --ota-root release/root.json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -112,6 +113,13 @@ func newOTAInit(g *globals) *cobra.Command {
 				}
 				spec.peers = append(spec.peers, pub)
 			}
+			if coordinator != "" {
+				pub, err := readPublicKey(coordinator, keys.Peer)
+				if err != nil {
+					return err
+				}
+				spec.coordinator = events.PeerIDOf(pub)
+			}
 			path, err := makeRelease(spec)
 			if err != nil {
 				return err
@@ -126,6 +134,7 @@ func newOTAInit(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&authority, "authority-key", "", "the release authority: a key file or hex public key (required)")
 	f.StringArrayVar(&peers, "peer", nil, "a peer that reports readiness: peer key file or hex public key; repeatable (required)")
+	f.StringVar(&coordinator, "coordinator", "", "the peer whose OTA stream is the ceremonies' log, for peers on a mesh: peer key file or hex public key (default: each peer coordinates its own)")
 	f.IntVar(&approvers, "approvers", 3, "approver keys to make")
 	f.IntVar(&threshold, "threshold", 2, "approvals a release needs")
 	f.IntVar(&quorum, "quorum", 1, "ready peers activation needs")

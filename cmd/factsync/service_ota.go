@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/services/antientropy"
 	"github.com/factsync/factsync/services/ota"
 	"github.com/factsync/factsync/shared/service"
 	"github.com/spf13/pflag"
@@ -16,15 +17,17 @@ import (
 // otaFlags configure the ota service: which authority releases, and the
 // root policy it trusts first (see `factsync ota init`).
 type otaFlags struct {
-	root      string
-	authority string
-	stage     bool
+	root        string
+	authority   string
+	coordinator string
+	stage       bool
 }
 
 func (f *otaFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&f.root, "ota-root", "", "signed OTA root policy (default DATA/ota/root.json when it exists)")
 	fs.StringVar(&f.authority, "ota-authority", "", "release authority id (default: the one recorded beside the root policy)")
-	fs.BoolVar(&f.stage, "ota-stage", "" == "true", "fetch, verify and stage approved releases and report readiness")
+	fs.StringVar(&f.coordinator, "ota-coordinator", "", "peer id of the OTA coordinator, whose log this peer follows (default: the one recorded beside the root policy; none: this peer coordinates)")
+	fs.BoolVar(&f.stage, "ota-stage", false, "fetch, verify and stage approved releases and report readiness")
 }
 
 // errOTANotConfigured: no release policy file exists.
@@ -43,7 +46,18 @@ func init() {
 		if err != nil {
 			return nil, err
 		}
-		return ota.New(ota.Config{Authority: rel.Authority, Root: rel.Root, Stage: o.ota.stage}), nil
+		// The peer presents its sync token for the release authority
+		// (DATA/sync-tokens, as anti-entropy does) to other peers' guards.
+		creds, err := antientropy.LoadCredentials(syncTokenDir(o.data))
+		if err != nil {
+			return nil, err
+		}
+		cred := creds[rel.Authority]
+		return ota.New(ota.Config{
+			Authority: rel.Authority, Root: rel.Root, Stage: o.ota.stage,
+			Coordinator: rel.Coordinator,
+			Credential:  ota.Credential{AuthorityKey: cred.AuthorityKey, Token: cred.Token},
+		}), nil
 	})
 }
 
@@ -56,8 +70,11 @@ func (o *serveOptions) otaHint() string {
 // release is what `factsync ota init` writes: the release authority and
 // the signed root policy.
 type release struct {
-	Authority events.AuthorityID   `json:"authority"`
-	Root      events.OTASignedRoot `json:"root"`
+	Authority events.AuthorityID `json:"authority"`
+	// Coordinator is the peer whose OTA stream is the ceremonies' log on
+	// a mesh; empty: each peer coordinates its own.
+	Coordinator events.PeerID        `json:"coordinator,omitempty"`
+	Root        events.OTASignedRoot `json:"root"`
 }
 
 func (o *serveOptions) releaseFile() string {
@@ -84,6 +101,14 @@ func loadRelease(o *serveOptions) (release, error) {
 	}
 	if err := rel.Authority.Validate(); err != nil {
 		return rel, fmt.Errorf("OTA release authority: %w", err)
+	}
+	if o.ota.coordinator != "" {
+		rel.Coordinator = events.PeerID(o.ota.coordinator)
+	}
+	if rel.Coordinator != "" {
+		if err := rel.Coordinator.Validate(); err != nil {
+			return rel, fmt.Errorf("OTA coordinator: %w", err)
+		}
 	}
 	return rel, nil
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/factsync/factsync/shared/clock"
 	"github.com/factsync/factsync/shared/mesh"
 	"github.com/factsync/factsync/shared/runner"
+	"github.com/factsync/factsync/shared/service"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -390,5 +391,84 @@ func TestMeshPartitionedPeerBlocksActivation(t *testing.T) {
 			got := ledgerJSON(t, s.svc.Ledger())
 			return got == want, got
 		})
+	}
+}
+
+// A follower trusts the coordinator for the order of events, not their
+// validity: a forged approval in the coordinator's log is stored, so the
+// logs stay aligned, but changes nothing in the follower's ledger or its
+// replay. Entries out of order or outside the OTA subjects stop the copy.
+func TestFollowerJudgesCopiedEventsItself(t *testing.T) {
+	f := newFleet()
+	h := bustest.Start(t, bus.EmbeddedConfig{LazySync: true})
+	ctx := context.Background()
+	if err := bus.Provision(ctx, h.JS, events.OTAStream()); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := h.JS.Stream(ctx, events.StreamOTA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	anchor := f.trusted(t)
+	s := New(Config{Authority: releaseAuthority, Coordinator: events.PeerIDOf(f.peers[0].Public().(ed25519.PublicKey))})
+	if s.metrics, err = newMetrics(nil); err != nil {
+		t.Fatal(err)
+	}
+	s.env = &service.Env{Conn: h.Conn, JS: h.JS, Clock: clock.NewFake(t0), Peer: events.PeerIDOf(f.peers[1].Public().(ed25519.PublicKey)),
+		Log: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelError}))}
+	s.stream, s.ledger = stream, NewLedger(anchor)
+
+	entry := func(seq uint64, ev events.OTAEvent) events.OTALogEntry {
+		b, err := events.EncodeOTAEvent(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return events.OTALogEntry{Seq: seq, Subject: eventSubject(ev), Data: b}
+	}
+	prop := proposedEvent(proposal(anchor, "v2.0.0"), t0)
+	forged := approvedEvent(keyFrom("not-an-approver"), prop.ProposalBytes, t0)
+	forged.Approval.Signature.KeyID = events.KeyID(f.approvers[0].Public().(ed25519.PublicKey))
+	if err := s.store(ctx, []events.OTALogEntry{entry(1, prop), entry(2, forged)}); err != nil {
+		t.Fatal(err)
+	}
+	l := s.Ledger()
+	if c := l.Ceremonies[prop.Proposal]; c.State != events.OTAStateProposed || len(c.Approvals) != 0 {
+		t.Fatalf("after a forged approval the follower holds %s with %d approvals", c.State, len(c.Approvals))
+	}
+	if s.applied != 2 {
+		t.Fatalf("the follower's log ends at %d, want 2: the refused event keeps its place", s.applied)
+	}
+	replayed, last, err := Replay(ctx, h.JS, anchor)
+	if err != nil || last != 2 || ledgerJSON(t, replayed) != ledgerJSON(t, l) {
+		t.Fatalf("replay to %d (%v):\n%s\nwant\n%s", last, err, ledgerJSON(t, replayed), ledgerJSON(t, l))
+	}
+
+	good := approvedEvent(f.approvers[0], prop.ProposalBytes, t0)
+	if err := s.store(ctx, []events.OTALogEntry{entry(4, good)}); !events.IsReason(err, events.ReasonMalformed) {
+		t.Fatalf("an entry after a gap: %v; want malformed", err)
+	}
+	outside := entry(3, good)
+	outside.Subject = events.JournalSubject(releaseAuthority, "notes")
+	if err := s.store(ctx, []events.OTALogEntry{outside}); !events.IsReason(err, events.ReasonMalformed) {
+		t.Fatalf("an entry outside fs.ota.>: %v; want malformed", err)
+	}
+	if err := s.store(ctx, []events.OTALogEntry{entry(2, forged), entry(3, good)}); err != nil {
+		t.Fatalf("copying on, with an entry already held: %v", err)
+	}
+	if n := len(s.Ledger().Ceremonies[prop.Proposal].Approvals); n != 1 {
+		t.Fatalf("the genuine approval: %d approvals, want 1", n)
+	}
+
+	// Serving the log: a peer whose log forked from this one learns so.
+	first := entry(1, prop)
+	reply, err := s.readLog(ctx, events.OTALogRequest{After: 1, AfterDigest: events.OTALogDigest(first.Subject, first.Data)})
+	if err != nil || len(reply.Entries) != 2 || reply.Entries[0].Seq != 2 || reply.Last != 3 {
+		t.Fatalf("log after 1: %v, %+v", err, reply)
+	}
+	if _, err := s.readLog(ctx, events.OTALogRequest{After: 1, AfterDigest: events.OTALogDigest(first.Subject, append([]byte(" "), first.Data...))}); !events.IsReason(err, events.ReasonConflict) {
+		t.Fatalf("log after a different event 1: %v; want conflict", err)
+	}
+	if _, err := s.readLog(ctx, events.OTALogRequest{After: 9}); !events.IsReason(err, events.ReasonConflict) {
+		t.Fatalf("log after an event this log never had: %v; want conflict", err)
 	}
 }
