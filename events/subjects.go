@@ -12,6 +12,7 @@ import (
 //	fs.token.<auth>.<tokenhash>             JOURNAL: the Biscuit tokens accepted facts cite
 //	fs.denied.<reason>                      DENIED: rejections with their reason code
 //	fs.changes.<auth>.<collection>.<doc>    core NATS: document change notifications
+//	fs.changes.<auth>.$denied.<fact>        core NATS: a fact of auth the guard denied
 //	fs.api.<proto>.<op>.<auth>              client requests, answered by the guard
 //	fs.svc.<proto>.<op>.<auth>              requests the guard has accepted, answered by a service
 //	fs.peer.<peer>.<proto>.<op>             peer-to-peer requests, answered by the guard of <peer>
@@ -108,6 +109,29 @@ func DeniedSubject(r Reason) string { return join(DeniedPrefix, string(r)) }
 // ChangesSubject announces a change to one document.
 func ChangesSubject(auth AuthorityID, collection, doc string) string {
 	return join(ChangesPrefix, string(auth), collection, doc)
+}
+
+// DeniedNoticeToken stands where a collection would in a denial notice's
+// subject. '$' is not allowed in collection names, so no document's
+// changes can land there, and a client following fs.changes.<auth>.>
+// hears about its denied writes without another subscription or right.
+const DeniedNoticeToken = "$denied"
+
+// DeniedNoticeSubject tells the writers of auth that the guard denied
+// fact (the notice is an eventsv1.Denial without the payload).
+func DeniedNoticeSubject(auth AuthorityID, fact FactID) string {
+	return join(ChangesPrefix, string(auth), DeniedNoticeToken, fact.String())
+}
+
+// ParseDeniedNoticeSubject returns the fact a denial notice is about; ok
+// is false for document change subjects and anything else.
+func ParseDeniedNoticeSubject(subject string) (fact FactID, ok bool) {
+	t := strings.Split(subject, ".")
+	if len(t) != 5 || join(t[0], t[1]) != ChangesPrefix || t[3] != DeniedNoticeToken {
+		return FactID{}, false
+	}
+	id, err := ParseFactID(t[4])
+	return id, err == nil
 }
 
 // APISubject is where a client sends request op of protocol proto about auth.

@@ -33,6 +33,16 @@ func TestSubjectsRoundTrip(t *testing.T) {
 		if err != nil || r.Proto != proto || r.Op != op || r.Authority != auth {
 			t.Fatalf("api subject: %+v %v", r, err)
 		}
+		var fact events.FactID
+		copy(fact[:], rapid.SliceOfN(rapid.Byte(), 32, 32).Draw(t, "fact"))
+		if f, ok := events.ParseDeniedNoticeSubject(events.DeniedNoticeSubject(auth, fact)); !ok || f != fact {
+			t.Fatalf("denial notice subject: %v %v", f, ok)
+		}
+		// A document's change subject is never a denial notice, whatever
+		// the collection and document are called.
+		if _, ok := events.ParseDeniedNoticeSubject(events.ChangesSubject(auth, coll, fact.String())); ok {
+			t.Fatalf("change subject of collection %q parsed as a denial notice", coll)
+		}
 		peer := events.PeerID(genAuthority(t))
 		p, err := events.ParsePeerSubject(events.PeerSubject(peer, proto, op))
 		if err != nil || p.Peer != peer || p.Proto != proto || p.Op != op {

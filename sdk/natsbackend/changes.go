@@ -4,8 +4,10 @@ import (
 	"sync"
 
 	"github.com/factsync/factsync/events"
+	eventsv1 "github.com/factsync/factsync/events/v1"
 	"github.com/factsync/factsync/sdk"
 	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
 )
 
 // changeFeed follows the journal's change notifications for one authority
@@ -28,6 +30,8 @@ type visibility struct {
 	fact    events.FactID
 	version events.Version
 	done    chan struct{}
+	// err is set before done closes when the guard denied the write.
+	err error
 }
 
 func subscribeChanges(nc *nats.Conn, auth events.AuthorityID, observers *sdk.Observers, observe func(events.HLC)) (*changeFeed, error) {
@@ -52,6 +56,10 @@ func subscribeChanges(nc *nats.Conn, auth events.AuthorityID, observers *sdk.Obs
 }
 
 func (f *changeFeed) handle(m *nats.Msg) {
+	if fact, ok := events.ParseDeniedNoticeSubject(m.Subject); ok {
+		f.deny(fact, m.Data)
+		return
+	}
 	c, err := events.DecodeChange(m.Data)
 	if err != nil {
 		return
@@ -69,6 +77,25 @@ func (f *changeFeed) settle(doc sdk.Document, factHex string) {
 	for v := range f.waiting[docKey{doc.Collection, doc.ID}] {
 		if v.fact.String() == factHex || doc.Version.Compare(v.version) >= 0 {
 			f.release(v)
+		}
+	}
+}
+
+// deny fails the writes of fact with the reason the guard's notice gives.
+func (f *changeFeed) deny(fact events.FactID, data []byte) {
+	var d eventsv1.Denial
+	if proto.Unmarshal(data, &d) != nil {
+		return
+	}
+	err := events.Errorf(events.Reason(d.GetReason()), "the guard denied the write (fact %s): %s", fact, d.GetDetail())
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, set := range f.waiting {
+		for v := range set {
+			if v.fact == fact {
+				v.err = err
+				f.release(v)
+			}
 		}
 	}
 }

@@ -78,6 +78,9 @@ func (s *store) waitVisible(ctx context.Context, pending []*visibility) error {
 		for _, v := range pending {
 			select {
 			case <-v.done:
+				if v.err != nil {
+					return v.err
+				}
 			default:
 				open = append(open, v)
 			}

@@ -197,7 +197,36 @@ func (g *running) publishDenials(ctx context.Context, denials []tracedDenial) er
 			return ctx.Err()
 		}
 	}
+	g.noticeDenials(denials)
 	return nil
+}
+
+// noticeDenials tells the writers of each denied fact, on the authority's
+// change feed, so an SDK waiting for its write to show fails at once with
+// the reason instead of at its visibility timeout. The notice is core
+// NATS and best effort: DENIED, already acknowledged, is the record, and
+// a writer that misses the notice still times out. It carries no payload;
+// the authority it goes to is the one the fact claims, so a forger learns
+// nothing it did not send.
+func (g *running) noticeDenials(denials []tracedDenial) {
+	for _, td := range denials {
+		d := td.denial
+		fact, err := events.ParseFactID(d.GetFactId())
+		if err != nil {
+			continue
+		}
+		auth, err := events.ParseIngressFactSubject(d.GetSubject())
+		if err != nil {
+			continue
+		}
+		notice := proto.CloneOf(d)
+		notice.Payload = nil
+		m := nats.NewMsg(events.DeniedNoticeSubject(auth, fact))
+		m.Data, _ = proto.Marshal(notice)
+		if err := g.env.Conn.PublishMsg(m); err != nil {
+			g.log.Debug("cannot publish a denial notice", "fact", d.GetFactId(), "err", err)
+		}
+	}
 }
 
 func denialID(d *eventsv1.Denial) string {
