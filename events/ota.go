@@ -269,6 +269,13 @@ func (a ActiveVersion) Admit(peerProtocol uint32) error {
 	return nil
 }
 
+// SetProtocolVersion marks h with the sync protocol version this build
+// speaks. Every request to another peer carries it, so that after a hard
+// fork the peers that upgraded accept each other and refuse the rest.
+func SetProtocolVersion(h nats.Header) {
+	h.Set(HeaderProtocolVersion, strconv.FormatUint(uint64(ProtocolVersion), 10))
+}
+
 // PeerProtocolVersion reads HeaderProtocolVersion from h: 1 when absent,
 // ReasonMalformed when not a positive decimal.
 func PeerProtocolVersion(h nats.Header) (uint32, error) {

@@ -49,6 +49,7 @@ func (c *remoteCall) do(ctx context.Context, op string, body []byte) ([]byte, er
 	m.Header.Set(events.HeaderToken, base64.StdEncoding.EncodeToString(c.cred.Token))
 	m.Header.Set(events.HeaderAuthority, string(c.auth))
 	m.Header.Set(events.HeaderAuthorityKey, hex.EncodeToString(c.cred.AuthorityKey))
+	events.SetProtocolVersion(m.Header)
 	if c.session != "" {
 		m.Header.Set(HeaderSession, c.session)
 	}

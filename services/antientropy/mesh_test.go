@@ -342,3 +342,37 @@ func denied(t *testing.T, p *meshPeer, id events.FactID) bool {
 	var den eventsv1.Denial
 	return proto.Unmarshal(m.Data, &den) == nil && den.GetFactId() == hex.EncodeToString(id[:])
 }
+
+// Every anti-entropy request a peer sends names the sync protocol version
+// of its build, so that after a hard fork the upgraded peers' guards let
+// each other through (a request without it counts as version 1).
+func TestPeerRequestsCarryTheProtocolVersion(t *testing.T) {
+	d := newDevice(t, capability.Right{Collection: capability.AnyCollection, Op: capability.OpWrite}, capability.Right{Collection: capability.AnyCollection, Op: capability.OpSync})
+	_, peers := startMesh(t, d, syncRights(), syncRights())
+	a, b := peers[0], peers[1]
+	seen := make(chan nats.Header, 64)
+	sub, err := b.nc.Subscribe(events.PeerPrefix+"."+string(b.id)+"."+antientropy.Name+".>", func(m *nats.Msg) {
+		select {
+		case seen <- m.Header:
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := b.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	a.write(t, d, d.fact(t, "doc", 1))
+	a.syncNow(t, d.auth(), b.id)
+	want := fmt.Sprint(events.ProtocolVersion)
+	select {
+	case h := <-seen:
+		if got := h.Get(events.HeaderProtocolVersion); got != want {
+			t.Fatalf("a peer request carries %s %q, want %q", events.HeaderProtocolVersion, got, want)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no anti-entropy request reached the other peer")
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"strconv"
 	"time"
 
 	"github.com/factsync/factsync/events"
@@ -217,7 +216,7 @@ func (c *Client) message(op string, req any) (*nats.Msg, error) {
 		// A peer request names its authority in a header (the subject
 		// names the peer), and the protocol version this build speaks.
 		msg.Header.Set(events.HeaderAuthority, string(c.Authority))
-		msg.Header.Set(events.HeaderProtocolVersion, strconv.FormatUint(uint64(events.ProtocolVersion), 10))
+		events.SetProtocolVersion(msg.Header)
 	}
 	return msg, nil
 }

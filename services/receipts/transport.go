@@ -181,6 +181,7 @@ func (s RequestSource) request(ctx context.Context, op string, req, reply any) e
 	for k, v := range s.Header {
 		m.Header[k] = v
 	}
+	events.SetProtocolVersion(m.Header)
 	m.Data = mustJSON(req)
 	resp, err := s.Conn.RequestMsgWithContext(ctx, m)
 	if err != nil {

@@ -88,6 +88,9 @@ func (p PeerSource) request(ctx context.Context, auth events.AuthorityID, op str
 	}
 	m := nats.NewMsg(subject)
 	m.Header = p.Credentials.Header(auth)
+	if p.Peer != "" {
+		events.SetProtocolVersion(m.Header)
+	}
 	bus.InjectTrace(ctx, m.Header)
 	m.Data, _ = json.Marshal(body)
 	resp, err := p.Conn.RequestMsgWithContext(ctx, m)
