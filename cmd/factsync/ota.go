@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/hex"
@@ -298,7 +299,7 @@ func newOTAApprove(g *globals) *cobra.Command {
 }
 
 func newOTAReady(g *globals) *cobra.Command {
-	var peerKey, dir, authority string
+	var peerKey, dir, authority, anchor string
 	cmd := &cobra.Command{
 		Use:   "ready PROPOSAL_ID",
 		Short: "Fetch, verify and stage a release on this peer, and report readiness",
@@ -320,7 +321,7 @@ func newOTAReady(g *globals) *cobra.Command {
 				if err != nil {
 					return events.OTACeremony{}, err
 				}
-				trusted, err := ota.TrustRoot(st.Root)
+				trusted, err := trustedRoot(anchor, st.Root, cmd.ErrOrStderr())
 				if err != nil {
 					return events.OTACeremony{}, err
 				}
@@ -329,6 +330,7 @@ func newOTAReady(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&peerKey, "peer-key", "", "this peer's key file (default: peer.key beside the context's keys)")
+	cmd.Flags().StringVar(&anchor, "root", "", "the release policy this device trusts (a root.json from 'factsync ota init'); without it the service's policy is trusted on first use")
 	cmd.Flags().StringVar(&dir, "stage-dir", "staged", "where to stage the artifact")
 	cmd.Flags().StringVar(&authority, "authority", "", "release authority key file or hex key (default: the context's)")
 	return cmd
@@ -387,4 +389,38 @@ func newOTAAbort(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&detail, "detail", "aborted by an operator", "why")
 	cmd.Flags().StringVar(&authority, "authority", "", "release authority key file or hex key (default: the context's)")
 	return cmd
+}
+
+// trustedRoot is the root policy a release is verified against before it
+// is staged. With an anchor file, the policy the service reports must be
+// the anchor itself or its next rotation (signed by the anchor's root
+// keys and its own), so a service, or anyone answering in its name,
+// cannot hand the device a policy of its own making. Without one, the
+// reported policy is only checked against its own keys, and the device
+// says so.
+func trustedRoot(anchorFile string, reported events.OTASignedRoot, warn io.Writer) (*ota.Policy, error) {
+	if anchorFile == "" {
+		fmt.Fprintln(warn, "warning: trusting the release policy the ota service reports (pass --root FILE to pin the one this device trusts)")
+		return ota.TrustRoot(reported)
+	}
+	b, err := os.ReadFile(anchorFile)
+	if err != nil {
+		return nil, err
+	}
+	var rel release
+	if err := json.Unmarshal(b, &rel); err != nil {
+		return nil, events.Wrap(events.ReasonMalformed, err, "release policy "+anchorFile)
+	}
+	anchor, err := ota.TrustRoot(rel.Root)
+	if err != nil {
+		return nil, fmt.Errorf("release policy %s: %w", anchorFile, err)
+	}
+	if bytes.Equal(rel.Root.Signed, reported.Signed) {
+		return anchor, nil
+	}
+	next, err := anchor.Rotate(reported, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("the ota service reports a release policy that is neither %s nor its next rotation: %w", anchorFile, err)
+	}
+	return next, nil
 }
