@@ -13,8 +13,9 @@ lint:
 unit:
 	.ci/run test
 
-# Regenerate events/v1 from its .proto files (commit the result).
+# Lint events/v1's .proto files and regenerate their Go (commit the result).
 generate:
+	go tool buf lint
 	go tool buf generate
 
 # Simulation, crash and fault-injection tests, run long: faults/... with
