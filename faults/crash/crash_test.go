@@ -1,6 +1,8 @@
 // Package crash kills real factsync processes with SIGKILL while facts
 // are ingested, and checks that nothing acknowledged is lost or stored
-// twice, and that the documents equal those of a clean run.
+// twice, that the documents equal those of a clean run, and that the
+// receipts log holds each fact of JOURNAL once, in order, under
+// consistent checkpoints.
 package crash
 
 import (
@@ -39,7 +41,7 @@ func buildFactsync(t *testing.T) string {
 	return bin
 }
 
-// server is a `factsync serve guard journal` process.
+// server is a `factsync serve guard journal receipts` process.
 type server struct {
 	bin, data string
 	port      int
@@ -49,7 +51,7 @@ type server struct {
 
 func (s *server) start(t *testing.T) {
 	t.Helper()
-	s.cmd = exec.Command(s.bin, "serve", "guard", "journal", "--data", s.data,
+	s.cmd = exec.Command(s.bin, "serve", "guard", "journal", "receipts", "--data", s.data,
 		"--nats-port", fmt.Sprint(s.port), "--http", "127.0.0.1:0", "--log-level", "warn")
 	s.cmd.Stdout, s.cmd.Stderr = &s.log, &s.log
 	if err := s.cmd.Start(); err != nil {
@@ -88,10 +90,13 @@ func (s *server) connect(t *testing.T, role natsauth.Role) *nats.Conn {
 	return nc
 }
 
-// The guard and journal process is killed with SIGKILL at random points
-// while a client ingests facts, and restarted each time. Every fact whose
-// INGRESS publish was acknowledged ends in JOURNAL exactly once, and the
-// journal's documents equal the fold of those facts.
+// The guard, journal and receipts process is killed with SIGKILL at
+// random points while a client ingests facts, the guard writes them to
+// JOURNAL and the receipts service appends them to its log, and restarted
+// each time. Once INGRESS is drained, every fact whose INGRESS publish was
+// acknowledged is in JOURNAL exactly once, the journal's documents equal
+// the fold of those facts, and the receipts log is JOURNAL's facts in
+// order (checkReceiptsLog).
 func TestCrashKillNineDuringIngest(t *testing.T) {
 	facts, kills := 3000, 3
 	if long() {
@@ -171,7 +176,7 @@ func TestCrashKillNineDuringIngest(t *testing.T) {
 	ops := s.connect(t, natsauth.RoleServices)
 	defer ops.Close()
 	js, _ := jetstream.New(ops)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	bustest.Eventually(t, 2*time.Minute, func() bool {
 		st, err := js.Stream(ctx, events.StreamIngress)
@@ -184,50 +189,57 @@ func TestCrashKillNineDuringIngest(t *testing.T) {
 
 	t.Logf("INGRESS drained after %s", time.Since(began).Round(time.Millisecond))
 	stored := stack.ReadJournal(ctx, t, js, auth)
-	seen := map[events.FactID]int{}
-	clean := fold.New()
-	for _, f := range stored {
-		seen[f.ID]++
-		if seen[f.ID] == 1 {
-			clean.Apply(f)
-		}
-	}
-	lost, twice := 0, 0
-	for id := range acked {
-		if seen[id] == 0 {
-			lost++
-		}
-	}
-	for _, n := range seen {
-		if n > 1 {
-			twice++
-		}
-	}
-	t.Logf("%d facts acknowledged by INGRESS, %d JOURNAL messages, %d kills: %d lost, %d stored twice", len(acked), len(stored), killed, lost, twice)
-	if lost > 0 || twice > 0 {
-		t.Fatalf("seed %d: %d acknowledged facts lost, %d stored more than once", seed, lost, twice)
-	}
-
-	// The journal's documents, folded across the crashes, equal a clean
-	// fold of what JOURNAL holds.
-	clientConn := s.connect(t, natsauth.RoleClient)
-	defer clientConn.Close()
-	want := map[string]events.Document{}
-	for doc := range clean.Documents("crash") {
-		want[doc.ID] = doc
-	}
-	bustest.Eventually(t, 2*time.Minute, func() bool {
-		got, err := stack.QueryDocuments(ctx, clientConn, d, "crash")
-		if err != nil || len(got) != len(want) {
-			return false
-		}
-		for id, doc := range want {
-			a, _ := json.Marshal(doc)
-			b, _ := json.Marshal(got[id])
-			if !bytes.Equal(a, b) {
-				return false
+	t.Run("journal", func(t *testing.T) {
+		seen := map[events.FactID]int{}
+		clean := fold.New()
+		for _, f := range stored {
+			seen[f.ID]++
+			if seen[f.ID] == 1 {
+				clean.Apply(f)
 			}
 		}
-		return true
-	}, "the journal's %d documents equal a clean fold", len(want))
+		lost, twice := 0, 0
+		for id := range acked {
+			if seen[id] == 0 {
+				lost++
+			}
+		}
+		for _, n := range seen {
+			if n > 1 {
+				twice++
+			}
+		}
+		t.Logf("%d facts acknowledged by INGRESS, %d JOURNAL messages, %d kills: %d lost, %d stored twice", len(acked), len(stored), killed, lost, twice)
+		if lost > 0 || twice > 0 {
+			t.Fatalf("seed %d: %d acknowledged facts lost, %d stored more than once", seed, lost, twice)
+		}
+
+		// The journal's documents, folded across the crashes, equal a clean
+		// fold of what JOURNAL holds.
+		clientConn := s.connect(t, natsauth.RoleClient)
+		defer clientConn.Close()
+		want := map[string]events.Document{}
+		for doc := range clean.Documents("crash") {
+			want[doc.ID] = doc
+		}
+		bustest.Eventually(t, 2*time.Minute, func() bool {
+			got, err := stack.QueryDocuments(ctx, clientConn, d, "crash")
+			if err != nil || len(got) != len(want) {
+				return false
+			}
+			for id, doc := range want {
+				a, _ := json.Marshal(doc)
+				b, _ := json.Marshal(got[id])
+				if !bytes.Equal(a, b) {
+					return false
+				}
+			}
+			return true
+		}, "the journal's %d documents equal a clean fold", len(want))
+	})
+	t.Run("receipts", func(t *testing.T) { checkReceiptsLog(ctx, t, s, ops, auth, stored, seed) })
+
+	s.kill() // the server log is complete once the process is reaped
+	t.Logf("%d of the %d restarts found an append to the receipts log that the kill had interrupted, and dropped it",
+		bytes.Count(s.log.Bytes(), []byte(interruptedAppend)), killed+1)
 }

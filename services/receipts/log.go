@@ -74,6 +74,10 @@ type Log struct {
 	index    map[events.FactID]int64
 	last     *SignedCheckpoint // the last checkpoint signed, nil before the first
 
+	// interrupted is what OpenLog cut off the end of the leaves and
+	// hashes files: what an append that stopped before its commit wrote.
+	interrupted Interrupted
+
 	// beforeCommit, set only by tests, runs once the leaves and hashes of
 	// an append are durable and before the tree size is; an error stops
 	// the append there, as a crash would.
@@ -126,10 +130,11 @@ func (l *Log) resume() error {
 			return fmt.Errorf("receipts: tree file %s is corrupt", filepath.Join(l.dir, treeFile))
 		}
 	}
-	if err := cutTo(l.leaves, tree.Size*int64(leafRecordSize)); err != nil {
+	var err error
+	if l.interrupted.LeafBytes, err = cutTo(l.leaves, tree.Size*int64(leafRecordSize)); err != nil {
 		return fmt.Errorf("receipts: leaves: %w", err)
 	}
-	if err := cutTo(l.hashes, tlog.StoredHashCount(tree.Size)*tlog.HashSize); err != nil {
+	if l.interrupted.HashBytes, err = cutTo(l.hashes, tlog.StoredHashCount(tree.Size)*tlog.HashSize); err != nil {
 		return fmt.Errorf("receipts: hashes: %w", err)
 	}
 	l.size, l.position = tree.Size, tree.Position
@@ -147,24 +152,37 @@ func (l *Log) resume() error {
 	return l.loadCheckpoint()
 }
 
-// cutTo truncates f to n bytes, dropping an unfinished append. A file
-// shorter than n lost committed data, which no crash can cause.
-func cutTo(f *os.File, n int64) error {
+// cutTo truncates f to n bytes, dropping an unfinished append, and
+// returns how many bytes it dropped. A file shorter than n lost committed
+// data, which no crash can cause.
+func cutTo(f *os.File, n int64) (int64, error) {
 	st, err := f.Stat()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if st.Size() < n {
-		return fmt.Errorf("%s has %d bytes but the committed tree needs %d: the log is corrupt", f.Name(), st.Size(), n)
+		return 0, fmt.Errorf("%s has %d bytes but the committed tree needs %d: the log is corrupt", f.Name(), st.Size(), n)
 	}
 	if st.Size() == n {
-		return nil
+		return 0, nil
 	}
 	if err := f.Truncate(n); err != nil {
-		return err
+		return 0, err
 	}
-	return f.Sync()
+	return st.Size() - n, f.Sync()
 }
+
+// Interrupted is what OpenLog found past the committed end of the log's
+// files: the bytes of an append that a crash stopped before its commit.
+// They were dropped, and the JOURNAL messages they came from are appended
+// again from the committed position.
+type Interrupted struct {
+	LeafBytes, HashBytes int64
+}
+
+// Interrupted reports what OpenLog dropped of an append that had not
+// committed; zero when the last append finished or none was under way.
+func (l *Log) Interrupted() Interrupted { return l.interrupted }
 
 // rebuildIndex reads every committed leaf into the FactID index. A FactID
 // twice in the log means the dedup was broken; refuse rather than serve

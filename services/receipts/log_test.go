@@ -115,6 +115,9 @@ func TestCrashBetweenLeavesAndTreeSizeLosesNothingAndRepeatsNothing(t *testing.T
 	if size, _ := l.Size(); size != 8 {
 		t.Fatalf("after the crash the log resumed at %d leaves, want the 8 committed", size)
 	}
+	if cut := l.Interrupted(); cut.LeafBytes != 7*int64(leafRecordSize) || cut.HashBytes <= 0 {
+		t.Fatalf("reopening dropped %+v, want the 7 leaves of the crashed append and their hashes", cut)
+	}
 	// The JOURNAL redelivers what was not acked, the crashed batch included.
 	if n := mustAppend(t, l, leaves); n != 12 {
 		t.Fatalf("redelivery appended %d, want 12", n)

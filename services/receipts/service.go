@@ -133,6 +133,11 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	}
 	l.beforeCommit = s.beforeCommit
 	r := &run{cfg: s.cfg, env: env, log: l, peer: env.Peer, checkpointDue: make(chan struct{}, 1), grown: make(chan struct{}, 1)}
+	if cut := l.Interrupted(); cut != (Interrupted{}) {
+		size, _ := l.Size()
+		r.logger().Warn("receipts: dropped the end of an append that stopped before its commit (a crash); appending JOURNAL again from the committed position",
+			"leaf_bytes", cut.LeafBytes, "hash_bytes", cut.HashBytes, "size", size, "journal_seq", l.Position())
+	}
 	if err := r.instrument(); err != nil {
 		return err
 	}

@@ -341,17 +341,31 @@ func (d *Device) Request(ctx context.Context, nc *nats.Conn, proto, op string, a
 	return nc.RequestMsgWithContext(ctx, m)
 }
 
-// ReadJournal returns every fact JOURNAL holds for auth, in order. It
-// reads until the consumer has nothing pending, not until a fetch comes
-// back empty: on a cluster a fetch is cut short when the stream's leader
-// changes.
+// ReadJournal returns every fact JOURNAL holds for auth, in order.
 func ReadJournal(ctx context.Context, t testing.TB, js jetstream.JetStream, auth events.AuthorityID) []*events.Fact {
 	t.Helper()
-	cons, err := js.OrderedConsumer(ctx, events.StreamJournal, jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.JournalAuthorityFilter(auth)}})
+	var out []*events.Fact
+	for _, m := range ReadStream(ctx, t, js, events.StreamJournal, events.JournalAuthorityFilter(auth)) {
+		f, err := events.DecodeFact(m.Data())
+		if err != nil {
+			t.Fatalf("JOURNAL message %s: %v", m.Subject(), err)
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
+// ReadStream returns every message stream holds on subjects matching
+// filter, in order. It reads until the consumer has nothing pending, not
+// until a fetch comes back empty: on a cluster a fetch is cut short when
+// the stream's leader changes.
+func ReadStream(ctx context.Context, t testing.TB, js jetstream.JetStream, stream, filter string) []jetstream.Msg {
+	t.Helper()
+	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []*events.Fact
+	var out []jetstream.Msg
 	for {
 		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
@@ -360,11 +374,7 @@ func ReadJournal(ctx context.Context, t testing.TB, js jetstream.JetStream, auth
 		n, pending := 0, uint64(0)
 		for m := range batch.Messages() {
 			n++
-			f, err := events.DecodeFact(m.Data())
-			if err != nil {
-				t.Fatalf("JOURNAL message %s: %v", m.Subject(), err)
-			}
-			out = append(out, f)
+			out = append(out, m)
 			meta, err := m.Metadata()
 			if err != nil {
 				t.Fatal(err)
@@ -375,7 +385,7 @@ func ReadJournal(ctx context.Context, t testing.TB, js jetstream.JetStream, auth
 			info, err := cons.Info(ctx)
 			if err != nil {
 				if ctx.Err() != nil {
-					t.Fatalf("reading JOURNAL: %v (%d facts read)", err, len(out))
+					t.Fatalf("reading %s: %v (%d messages read)", stream, err, len(out))
 				}
 				continue
 			}
