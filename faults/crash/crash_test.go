@@ -176,9 +176,14 @@ func TestCrashKillNineDuringIngest(t *testing.T) {
 	ops := s.connect(t, natsauth.RoleServices)
 	defer ops.Close()
 	js, _ := jetstream.New(ops)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	// The long run's backlog takes minutes on a loaded two-core machine.
+	wait := 2 * time.Minute
+	if long() {
+		wait = 10 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*wait+5*time.Minute)
 	defer cancel()
-	bustest.Eventually(t, 2*time.Minute, func() bool {
+	bustest.Eventually(t, wait, func() bool {
 		st, err := js.Stream(ctx, events.StreamIngress)
 		if err != nil {
 			return false

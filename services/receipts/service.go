@@ -250,7 +250,11 @@ func (r *run) follow(ctx context.Context, journal jetstream.Stream) error {
 	if err != nil {
 		return fmt.Errorf("receipts: consume JOURNAL: %w", err)
 	}
-	msgs := make(chan jetstream.Msg)
+	// Buffered, so that while one batch is appended (fsync) the next
+	// gathers here and TakeReady finds it: over an unbuffered channel it
+	// would find one message at most, and a backlog would be appended
+	// with an fsync per fact.
+	msgs := make(chan jetstream.Msg, r.cfg.BatchSize)
 	go func() {
 		defer close(msgs)
 		for {

@@ -435,3 +435,23 @@ func counterValue(t *testing.T, r *sdkmetric.ManualReader, name string) int64 {
 	}
 	return total
 }
+
+// A backlog of JOURNAL is appended in batches of up to BatchSize, one
+// fsync each, not a message at a time.
+func TestBacklogIsAppendedInBatches(t *testing.T) {
+	h := startServer(t)
+	const backlog, batch = 2048, 512
+	journal(t, h.JS, facts(t, testKey("authority"), "backlog", backlog))
+	svc := New(Config{BatchSize: batch})
+	var appends atomic.Int64
+	svc.beforeCommit = func() error { appends.Add(1); return nil }
+	p := start(t, h, testKey("peer"), t.TempDir(), svc)
+	p.checkpointOf(t, backlog)
+	// A batch fills while the one before it is written, so all but the
+	// first few are full; a mean of 64 leaves room for a slow machine.
+	if n := appends.Load(); n > backlog/64 {
+		t.Fatalf("a backlog of %d facts took %d appends (a mean batch of %d), want at most %d", backlog, n, backlog/int(n), backlog/64)
+	} else {
+		t.Logf("a backlog of %d facts took %d appends", backlog, n)
+	}
+}
