@@ -166,7 +166,8 @@ type CountReply struct {
 // visible state. Document is the state after the change; Fact is the hex
 // FactID that caused it; Seq is its JOURNAL sequence, increasing per
 // journal replica. Observers compare Document against their query to tell
-// an update from a document that stopped matching.
+// an update from a document that stopped matching. It travels as an
+// eventsv1.Change (EncodeChange, DecodeChange).
 type Change struct {
 	Authority AuthorityID `json:"authority"`
 	Document  Document    `json:"document"`

@@ -19,6 +19,10 @@ import (
 //	fs.snapshot.approved.<auth>     SNAPSHOTS: one peer's approval of a proposal
 //	fs.snapshot.committed.<auth>    SNAPSHOTS: a proposal reached its threshold
 //	fs.snapshot.progress.<auth>     core NATS: restore progress (SnapshotProgress)
+//
+// SnapshotEvent and SnapshotProgress travel as their events/v1 protobuf
+// messages (EncodeSnapshotEvent, EncodeSnapshotProgress in
+// snapshot_wire.go); the request and reply bodies below are JSON.
 
 // Signing domains of snapshots (see DomainFact).
 const (
