@@ -182,21 +182,31 @@ type SyncEngine interface {
 	Start(ctx context.Context) error
 	Stop() error
 	// ForceSync reconciles with one peer now, both ways, and reports what
-	// moved.
+	// moved. A session that fails returns an *events.Error with the
+	// session's reason code.
 	ForceSync(ctx context.Context, peer events.PeerID) (SyncResult, error)
 	// SubscribeCollections limits sync to the named collections (added to
 	// any earlier subscription). Without a subscription every collection
-	// syncs.
+	// syncs. A backend that can only sync whole authorities says so with
+	// events.ReasonUnsupported.
 	SubscribeCollections(ctx context.Context, collections ...string) error
-	// IsSyncing reports whether the engine is started.
+	// IsSyncing reports whether the engine is started and its sync is
+	// running (for a server backend: the server's sync answers).
 	IsSyncing() bool
 }
 
 // SyncResult reports one reconciliation with a peer.
 type SyncResult struct {
 	Peer events.PeerID
-	// Sent and Received count the facts that moved each way.
+	// Sent and Received count the facts that moved each way. The
+	// receiving side's checks come after: a fact counted here may still
+	// be refused there.
 	Sent, Received int
-	// Rounds counts the request/reply round trips.
+	// Rounds counts the reconciliation round trips.
 	Rounds int
+	// BytesSent and BytesReceived count what the exchange carried each
+	// way, fact bodies and tokens included.
+	BytesSent, BytesReceived int
+	// Mode names the reconciliation protocol the backend used.
+	Mode string
 }

@@ -116,7 +116,9 @@ func (e *engine) wants(collection string) bool {
 
 // ForceSync reconciles both ways with peer: each side receives the facts
 // it lacks in the collections it subscribed to. In process, the exchange
-// of fact-id sets is one round and the facts the other round.
+// of fact-id sets is one round and the facts the other round; the bytes
+// reported are what that exchange would carry: 32 per id offered, and
+// the facts' and tokens' bytes.
 func (e *engine) ForceSync(ctx context.Context, peer events.PeerID) (sdk.SyncResult, error) {
 	if err := ctx.Err(); err != nil {
 		return sdk.SyncResult{}, events.Wrap(events.ReasonUnavailable, err, "sync abandoned")
@@ -124,40 +126,62 @@ func (e *engine) ForceSync(ctx context.Context, peer events.PeerID) (sdk.SyncRes
 	if !e.b.IsReady() {
 		return sdk.SyncResult{}, errNotReady
 	}
+	if err := peer.Validate(); err != nil {
+		return sdk.SyncResult{}, err
+	}
 	p, ok := e.b.opts.Network.reachable(e.b.peer, peer)
 	if !ok {
 		return sdk.SyncResult{}, events.Errorf(events.ReasonUnavailable, "peer %s is not reachable (not on this network, cut off, or discovery stopped)", peer)
 	}
-	received, err := transfer(p, e.b)
+	in, err := transfer(p, e.b)
 	if err != nil {
 		return sdk.SyncResult{}, err
 	}
-	sent, err := transfer(e.b, p)
+	out, err := transfer(e.b, p)
 	if err != nil {
 		return sdk.SyncResult{}, err
 	}
-	return sdk.SyncResult{Peer: peer, Sent: sent, Received: received, Rounds: 2}, nil
+	return sdk.SyncResult{
+		Peer: peer, Sent: out.facts, Received: in.facts, Rounds: 2, Mode: "memory",
+		BytesSent:     in.idBytes + out.factBytes,
+		BytesReceived: out.idBytes + in.factBytes,
+	}, nil
+}
+
+// moved is what one transfer carried: the ids the receiver offered, and
+// the facts (with their tokens) it lacked.
+type moved struct {
+	facts              int // new to the receiver
+	idBytes, factBytes int
 }
 
 // transfer moves the facts that from has and to lacks, in the collections
-// to wants, with the tokens they cite. It returns how many were new to to.
-func transfer(from, to *Backend) (int, error) {
+// to wants, with the tokens they cite.
+func transfer(from, to *Backend) (moved, error) {
 	to.mu.RLock()
 	known := make(map[events.FactID]bool, len(to.facts))
 	for id := range to.facts {
 		known[id] = true
 	}
 	to.mu.RUnlock()
+	m := moved{idBytes: len(known) * len(events.FactID{})}
 	facts, tokens := from.factsNotIn(known, to.engine.wants)
 	if len(facts) == 0 {
-		return 0, nil
+		return m, nil
+	}
+	for _, f := range facts {
+		m.factBytes += len(f.Body) + len(f.Signature)
+	}
+	for _, t := range tokens {
+		m.factBytes += len(t)
 	}
 	fresh, err := to.ingest(facts, tokens)
 	if err != nil {
-		return 0, err
+		return m, err
 	}
 	to.engine.push(fresh)
-	return len(fresh), nil
+	m.facts = len(fresh)
+	return m, nil
 }
 
 // factsNotIn returns b's facts missing from known in collections want

@@ -17,11 +17,12 @@ import (
 	"github.com/factsync/factsync/shared/bustest"
 	"github.com/factsync/factsync/shared/capability"
 	"github.com/factsync/factsync/shared/runner"
+	"github.com/factsync/factsync/shared/service"
 )
 
-// startStack runs an embedded server with the guard and the journal, as
-// `factsync dev` does, for the duration of the test.
-func startStack(t *testing.T) *bustest.Harness {
+// startStack runs an embedded server with the guard, the journal and
+// extra services, as `factsync dev` does, for the duration of the test.
+func startStack(t *testing.T, extra ...service.Service) *bustest.Harness {
 	t.Helper()
 	h := bustest.Start(t, bus.EmbeddedConfig{LazySync: true})
 	peerPub, peerKey, _ := ed25519.GenerateKey(rand.Reader)
@@ -31,7 +32,7 @@ func startStack(t *testing.T) *bustest.Harness {
 		DataRoot: t.TempDir(),
 		Peer:     events.PeerIDOf(peerPub),
 		PeerKey:  peerKey,
-	}, guard.New(guard.Config{}), journal.New(journal.Config{}))
+	}, append([]service.Service{guard.New(guard.Config{}), journal.New(journal.Config{})}, extra...)...)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -52,6 +53,8 @@ func startStack(t *testing.T) *bustest.Harness {
 
 func TestAcceptance(t *testing.T) {
 	sdktest.TestBackend(t, sdktest.Setup{
+		NewPeerClients: startPeerClients,
+		Timeout:        30 * time.Second,
 		NewClients: func(t *testing.T, n int, tweak func(*sdk.Config)) []sdk.DataSyncBackend {
 			h := startStack(t)
 			authPub, authKey, _ := ed25519.GenerateKey(rand.Reader)

@@ -9,7 +9,9 @@
 //     device token and the authority key;
 //   - observations follow the journal's change notifications after an
 //     initial query;
-//   - peer discovery follows presence heartbeats.
+//   - peer discovery follows presence heartbeats;
+//   - sync is the server's anti-entropy service, which the SyncEngine
+//     drives through its control requests (sync.go).
 //
 // Error replies come back as *events.Error with the server's reason code.
 package natsbackend
@@ -49,9 +51,17 @@ type Options struct {
 	// Publishers is how many batches may be in flight to INGRESS at once;
 	// default 4.
 	Publishers int
-	// PresenceTimeout is how long a silent peer stays connected; it is
-	// lost after three times as long. Default 15s.
+	// PresenceTimeout is how long a silent peer stays connected (at
+	// least three of the heartbeat intervals it announces); it is lost
+	// after three times as long. Discovery checks every third of it.
+	// Default 15s.
 	PresenceTimeout time.Duration
+	// StatusInterval is how often a started SyncEngine asks the server
+	// whether it still syncs the authority (IsSyncing); default 10s.
+	StatusInterval time.Duration
+	// SyncTimeout bounds a sync request (ForceSync without a deadline, a
+	// started engine's sync after a write); default 30s.
+	SyncTimeout time.Duration
 	// TracerProvider traces each INGRESS batch as a child of the writing
 	// call's span, and the trace continues through the guard, JOURNAL,
 	// the journal and receipts. Default: the otel global provider.
@@ -70,6 +80,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.PresenceTimeout <= 0 {
 		o.PresenceTimeout = 15 * time.Second
+	}
+	if o.StatusInterval <= 0 {
+		o.StatusInterval = 10 * time.Second
+	}
+	if o.SyncTimeout <= 0 {
+		o.SyncTimeout = 30 * time.Second
 	}
 	if o.TracerProvider == nil {
 		o.TracerProvider = otel.GetTracerProvider()
@@ -97,7 +113,10 @@ type Backend struct {
 	observers sdk.Observers
 	store     *store
 	discovery *discovery
-	engine    engine
+	engine    *engine
+
+	peerMu sync.Mutex
+	peer   events.PeerID // the server's peer, once learned (Info)
 }
 
 var _ sdk.DataSyncBackend = (*Backend)(nil)
@@ -107,15 +126,26 @@ func New(opts Options) *Backend {
 	b := &Backend{opts: opts.withDefaults()}
 	b.store = &store{b: b}
 	b.discovery = &discovery{b: b}
-	b.engine = engine{}
+	b.engine = newEngine(b)
 	return b
 }
 
 var errNotReady = events.Errorf(events.ReasonUnavailable, "nats backend is not initialized or has shut down")
 
-// Initialize connects, subscribes to the authority's changes and starts
-// the INGRESS publishers.
+// Initialize connects, subscribes to the authority's changes, starts the
+// INGRESS publishers, and learns the server's peer id (Info) when the
+// device may see it.
 func (b *Backend) Initialize(ctx context.Context, cfg sdk.Config) error {
+	if err := b.connect(ctx, cfg); err != nil {
+		return err
+	}
+	// A device without `sync`, or a server without anti-entropy, leaves
+	// the peer unknown; nothing else depends on it.
+	_, _ = b.syncStatus(ctx)
+	return nil
+}
+
+func (b *Backend) connect(ctx context.Context, cfg sdk.Config) error {
 	signer, err := sdk.NewSigner(cfg)
 	if err != nil {
 		return err
@@ -166,10 +196,30 @@ func (b *Backend) Initialize(ctx context.Context, cfg sdk.Config) error {
 	return nil
 }
 
-// Shutdown ends observations, discovery and publishing and closes the
-// connection the backend opened.
+// learnPeer records the server's peer id and drops it from discovery,
+// which may have heard its heartbeat before the id was known.
+func (b *Backend) learnPeer(id events.PeerID) {
+	b.peerMu.Lock()
+	known := b.peer == id
+	b.peer = id
+	b.peerMu.Unlock()
+	if !known {
+		b.discovery.table.Forget(id)
+	}
+}
+
+// localPeer is the server's peer id, empty until learned.
+func (b *Backend) localPeer() events.PeerID {
+	b.peerMu.Lock()
+	defer b.peerMu.Unlock()
+	return b.peer
+}
+
+// Shutdown ends observations, discovery, the sync engine and publishing
+// and closes the connection the backend opened.
 func (b *Backend) Shutdown(context.Context) error {
 	_ = b.discovery.Stop()
+	_ = b.engine.Stop()
 	b.mu.Lock()
 	if !b.ready {
 		b.mu.Unlock()
@@ -204,12 +254,14 @@ func (b *Backend) IsReady() bool {
 	return b.ready
 }
 
-// Info implements sdk.DataSyncBackend. Peer stays empty: the server does
-// not tell clients its peer id yet.
+// Info implements sdk.DataSyncBackend. Peer is the server's peer id,
+// which the anti-entropy service's status tells a device holding `sync`
+// (asked at Initialize and whenever the SyncEngine asks); it stays empty
+// for a device without that right.
 func (b *Backend) Info() sdk.BackendInfo {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	info := sdk.BackendInfo{Name: "nats", Endpoint: b.opts.URL}
+	info := sdk.BackendInfo{Name: "nats", Endpoint: b.opts.URL, Peer: b.localPeer()}
 	if b.nc != nil {
 		info.Endpoint = b.nc.ConnectedUrlRedacted()
 	}

@@ -123,8 +123,14 @@ func TestRequestsWithoutAJournalSayUnavailable(t *testing.T) {
 	if _, err := b.DocumentStore().Get(ctx, "notes", "x"); !events.IsReason(err, events.ReasonUnavailable) {
 		t.Fatalf("without a journal: %v, want unavailable", err)
 	}
-	if err := b.SyncEngine().Start(ctx); !events.IsReason(err, events.ReasonUnsupported) {
-		t.Fatalf("sync engine start: %v, want unsupported", err)
+	if err := b.SyncEngine().Start(ctx); !events.IsReason(err, events.ReasonUnavailable) {
+		t.Fatalf("sync engine start without anti-entropy: %v, want unavailable", err)
+	}
+	if b.SyncEngine().IsSyncing() {
+		t.Fatal("an engine that failed to start reports syncing")
+	}
+	if _, err := b.SyncEngine().ForceSync(ctx, events.PeerID(strings.Repeat("a", events.IDLen))); !events.IsReason(err, events.ReasonUnavailable) {
+		t.Fatalf("force sync without anti-entropy: %v, want unavailable", err)
 	}
 	if _, err := b.PeerDiscovery().AddPeer(ctx, "x"); !events.IsReason(err, events.ReasonUnsupported) {
 		t.Fatalf("add peer: %v, want unsupported", err)

@@ -13,15 +13,22 @@ import (
 // request sends a journal request through the guard and decodes the reply
 // into reply. An error reply becomes the server's *events.Error.
 func (b *Backend) request(ctx context.Context, op string, req, reply any) error {
+	return b.call(ctx, events.JournalProto, op, req, reply)
+}
+
+// call sends request op of protocol proto about the backend's authority
+// through the guard, with the device's token, and decodes the reply into
+// reply. Without a deadline on ctx it waits RequestTimeout.
+func (b *Backend) call(ctx context.Context, proto, op string, req, reply any) error {
 	nc, signer, err := b.live()
 	if err != nil {
 		return err
 	}
 	body, err := json.Marshal(req)
 	if err != nil {
-		return events.Wrap(events.ReasonMalformed, err, "encode "+op+" request")
+		return events.Wrap(events.ReasonMalformed, err, "encode "+proto+" "+op+" request")
 	}
-	msg := nats.NewMsg(events.APISubject(events.JournalProto, op, signer.Authority()))
+	msg := nats.NewMsg(events.APISubject(proto, op, signer.Authority()))
 	msg.Data = body
 	b.mu.RLock()
 	for k, v := range b.headers {
@@ -37,15 +44,15 @@ func (b *Backend) request(ctx context.Context, op string, req, reply any) error 
 	resp, err := nc.RequestMsgWithContext(ctx, msg)
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
-		return events.Errorf(events.ReasonUnavailable, "journal %s: nobody answers %s (is factsync running with its guard and journal?)", op, msg.Subject)
+		return events.Errorf(events.ReasonUnavailable, "%s %s: nobody answers %s (is factsync running with its guard?)", proto, op, msg.Subject)
 	case err != nil:
-		return events.Wrap(events.ReasonUnavailable, err, "journal "+op)
+		return events.Wrap(events.ReasonUnavailable, err, proto+" "+op)
 	}
 	if e := replyError(resp); e != nil {
 		return e
 	}
 	if err := json.Unmarshal(resp.Data, reply); err != nil {
-		return events.Wrap(events.ReasonInternal, err, "decode journal "+op+" reply")
+		return events.Wrap(events.ReasonInternal, err, "decode "+proto+" "+op+" reply")
 	}
 	return nil
 }

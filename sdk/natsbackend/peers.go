@@ -2,8 +2,10 @@ package natsbackend
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/factsync/factsync/events"
 	"github.com/factsync/factsync/sdk"
@@ -12,10 +14,12 @@ import (
 )
 
 // discovery follows the presence heartbeats that peers publish across the
-// mesh. A peer is discovered (and connected) at its first heartbeat,
-// disconnected after PresenceTimeout of silence and lost after three
-// times that. The connection's NATS user must be allowed to subscribe to
-// presence (factsync's client role is not, today: see Start).
+// mesh (events.Presence on fs.presence.<peer>, core NATS: JetStream, and
+// so a KV bucket with a TTL, does not cross the mesh). A peer is
+// discovered (and connected) at its first heartbeat, disconnected after
+// PresenceTimeout of silence (or three of its own heartbeat intervals,
+// if longer) and lost after three times that. The backend's own peer,
+// once known (Info), is not listed.
 type discovery struct {
 	b     *Backend
 	table peers.Table
@@ -24,6 +28,12 @@ type discovery struct {
 	sub  *nats.Subscription
 	stop context.CancelFunc
 	done chan struct{}
+
+	// silence is how long each peer may stay silent before it counts as
+	// disconnected. Its own lock: the table calls silenceOf while
+	// locked, and Stop holds mu while it closes the table.
+	silenceMu sync.Mutex
+	silence   map[events.PeerID]time.Duration
 }
 
 var _ sdk.PeerDiscovery = (*discovery)(nil)
@@ -42,12 +52,13 @@ func (d *discovery) Start(context.Context) error {
 	if err != nil {
 		return events.Wrap(events.ReasonUnavailable, err, "subscribe to presence")
 	}
-	// A refused subscription comes back asynchronously: flush, then look.
-	err = nc.Flush()
-	if err == nil {
-		err = nc.LastError()
+	// A refused subscription comes back asynchronously, before the
+	// flush's reply: flush, then look.
+	if err := nc.Flush(); err != nil {
+		_ = sub.Unsubscribe()
+		return events.Wrap(events.ReasonUnavailable, err, "subscribe to presence")
 	}
-	if err != nil {
+	if err := nc.LastError(); errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), events.PresencePrefix) {
 		_ = sub.Unsubscribe()
 		return events.Wrap(events.ReasonNoRight, err, "subscribe to presence (this NATS user may not see peer heartbeats)")
 	}
@@ -58,24 +69,47 @@ func (d *discovery) Start(context.Context) error {
 }
 
 func (d *discovery) heard(m *nats.Msg) {
-	id := events.PeerID(strings.TrimPrefix(m.Subject, events.PresencePrefix+"."))
-	if id.Validate() != nil {
+	p, err := events.DecodePresence(m.Data)
+	if err != nil || m.Subject != events.PresenceSubject(p.Peer) || p.Peer == d.b.localPeer() {
 		return
 	}
-	d.table.Seen(id, "", d.b.clock.Now())
+	silence := d.b.opts.PresenceTimeout
+	// A peer that announces itself less often must not flap; an absurd
+	// interval is ignored, as the anti-entropy service does.
+	if every := time.Duration(p.IntervalMillis) * time.Millisecond; every > 0 && every <= time.Hour {
+		silence = max(silence, 3*every)
+	}
+	d.silenceMu.Lock()
+	if d.silence == nil {
+		d.silence = map[events.PeerID]time.Duration{}
+	}
+	d.silence[p.Peer] = silence
+	d.silenceMu.Unlock()
+	d.table.Seen(p.Peer, "", d.b.clock.Now())
+}
+
+// silenceOf gives the table a peer's timeouts: disconnected after its
+// silence, lost after three times that.
+func (d *discovery) silenceOf(id events.PeerID) (disconnectAfter, loseAfter time.Duration) {
+	d.silenceMu.Lock()
+	defer d.silenceMu.Unlock()
+	s, ok := d.silence[id]
+	if !ok {
+		s = d.b.opts.PresenceTimeout
+	}
+	return s, 3 * s
 }
 
 func (d *discovery) expire(ctx context.Context) {
 	defer close(d.done)
-	timeout := d.b.opts.PresenceTimeout
-	ticker := d.b.clock.NewTicker(timeout / 3)
+	ticker := d.b.clock.NewTicker(d.b.opts.PresenceTimeout / 3)
 	defer ticker.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-ticker.C():
-			d.table.Expire(now, timeout, 3*timeout)
+			d.table.Expire(now, d.silenceOf)
 		}
 	}
 }
@@ -109,22 +143,3 @@ func (d *discovery) WaitForPeer(ctx context.Context, peer events.PeerID) (sdk.Pe
 func (d *discovery) Events(ctx context.Context) <-chan sdk.PeerEvent {
 	return d.table.Subscribe(ctx.Done())
 }
-
-// engine is the NATS backend's SyncEngine. Sync between peers runs on the
-// server (the antientropy service); the server offers clients no request
-// to start, stop, force or scope it yet, so every operation says so rather
-// than pretending.
-type engine struct{}
-
-var _ sdk.SyncEngine = engine{}
-
-var errServerSideSync = events.Errorf(events.ReasonUnsupported,
-	"sync runs on the factsync peer (antientropy service), which offers clients no sync requests yet; use `factsync sync` on the peer")
-
-func (engine) Start(context.Context) error { return errServerSideSync }
-func (engine) Stop() error                 { return nil }
-func (engine) ForceSync(context.Context, events.PeerID) (sdk.SyncResult, error) {
-	return sdk.SyncResult{}, errServerSideSync
-}
-func (engine) SubscribeCollections(context.Context, ...string) error { return errServerSideSync }
-func (engine) IsSyncing() bool                                       { return false }

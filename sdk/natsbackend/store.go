@@ -50,6 +50,11 @@ func (s *store) Apply(ctx context.Context, writes ...sdk.Write) ([]sdk.WriteResu
 	if err := s.waitVisible(ctx, pending); err != nil {
 		return nil, err
 	}
+	// Visible means JOURNAL holds the write, and anti-entropy indexes
+	// JOURNAL as it grows, so the sync this asks for finds it (unless
+	// the index lags, or the write was AcceptedOnly: the server's own
+	// interval then carries it).
+	s.b.engine.noteWrite()
 	results := make([]sdk.WriteResult, len(facts))
 	for i, f := range facts {
 		results[i] = sdk.ResultOf(f)

@@ -21,11 +21,11 @@ type Setup struct {
 	// in-process one. tweak, when not nil, edits each Config before
 	// Initialize. Clients are shut down when the test ends.
 	NewClients func(t *testing.T, n int, tweak func(*sdk.Config)) []sdk.DataSyncBackend
-	// PeerSync says the backend's PeerDiscovery and SyncEngine link the
-	// clients NewClients returns, so the peer tests run. Without it they
-	// check that the operations the backend does not provide say so with
-	// events.ReasonUnsupported.
-	PeerSync bool
+	// NewPeerClients links n peers and returns a client on each (see
+	// Peers), for the discovery and sync tests. Nil means the backend
+	// links no peers: the peer test then checks that ForceSync says so
+	// (unsupported or unavailable).
+	NewPeerClients func(t *testing.T, n int) Peers
 	// Timeout bounds each wait for replicas to converge; zero means 10s.
 	Timeout time.Duration
 }

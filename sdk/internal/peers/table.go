@@ -88,13 +88,28 @@ func (t *Table) Lost(id events.PeerID) {
 	t.emit(sdk.PeerLost, p)
 }
 
-// Expire disconnects peers not seen for disconnectAfter and forgets those
-// not seen for loseAfter.
-func (t *Table) Expire(now time.Time, disconnectAfter, loseAfter time.Duration) {
+// Forget drops a peer without an event: one that should never have been
+// listed (a backend's own peer, recognised late).
+func (t *Table) Forget(id events.PeerID) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.init()
+	if _, ok := t.peers[id]; ok {
+		delete(t.peers, id)
+		close(t.changed)
+		t.changed = make(chan struct{})
+	}
+}
+
+// Expire disconnects peers not seen for their disconnectAfter and
+// forgets those not seen for their loseAfter, as timeouts gives them per
+// peer. timeouts runs with the table locked, so it must not call it.
+func (t *Table) Expire(now time.Time, timeouts func(events.PeerID) (disconnectAfter, loseAfter time.Duration)) {
 	var lost []events.PeerID
 	var quiet []events.PeerID
 	t.mu.Lock()
 	for id, p := range t.peers {
+		disconnectAfter, loseAfter := timeouts(id)
 		switch age := now.Sub(p.LastSeen); {
 		case age >= loseAfter:
 			lost = append(lost, id)
