@@ -2,7 +2,9 @@ package natsbackend
 
 import (
 	"context"
+	"slices"
 	"sync"
+	"time"
 
 	"github.com/factsync/factsync/events"
 	"github.com/factsync/factsync/sdk"
@@ -67,22 +69,38 @@ func errNotInitiating(peer events.PeerID) error {
 		"peer %s holds no sync token for this authority, so it does not sync it (put one in its credentials directory, DATA/sync-tokens)", peer)
 }
 
+// busyRetry is how soon a sync the server turned away as busy is asked
+// for again: the server starts at most about one session a second with
+// each peer.
+const busyRetry = time.Second
+
 func (e *engine) run(ctx context.Context) {
 	defer close(e.done)
 	ticker := e.b.clock.NewTicker(e.b.opts.StatusInterval)
 	defer ticker.Stop()
+	var retry <-chan time.Time // set while a busy peer waits for another try
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-e.wrote:
-			// Every peer the server knows; the reports are the server's
-			// to score (a peer that is down is its business, not ours).
-			var reply events.SyncReply
-			e.setHealthy(e.b.syncRequest(ctx, "", &reply) == nil)
+		case <-retry:
 		case <-ticker.C():
 			st, err := e.b.syncStatus(ctx)
 			e.setHealthy(err == nil && st.Initiates)
+			continue
+		}
+		// Every peer the server knows. A failed session is the server's
+		// to score and retry, except one it did not start because a
+		// session with that peer ran already or the peer was over its
+		// session rate: that one would leave the write behind until the
+		// server's next interval.
+		var reply events.SyncReply
+		err := e.b.syncRequest(ctx, "", &reply)
+		e.setHealthy(err == nil)
+		retry = nil
+		if err == nil && slices.ContainsFunc(reply.Sessions, func(r events.SyncReport) bool { return r.Reason == string(events.ReasonRateLimited) }) {
+			retry = e.b.clock.After(busyRetry)
 		}
 	}
 }

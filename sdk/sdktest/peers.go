@@ -106,7 +106,7 @@ func testPeers(t *testing.T, s Setup) {
 	// A cut peer disconnects and cannot be synced until it heals.
 	p.Cut(1)
 	expectPeerEvent(t, s, peerEvents, peerB, sdk.PeerDisconnected)
-	if _, err := a.SyncEngine().ForceSync(ctx, peerB); !events.IsReason(err, events.ReasonUnavailable) {
+	if _, err := syncUnlessBusy(t, s, a, peerB); !events.IsReason(err, events.ReasonUnavailable) {
 		t.Fatalf("sync with a cut-off peer: %v, want unavailable", err)
 	}
 	p.Heal(1)
@@ -124,9 +124,11 @@ func testPeers(t *testing.T, s Setup) {
 	}
 }
 
+// forceSync syncs c with peer, again while the backend says it is busy
+// (rate_limited: the session did not run).
 func forceSync(t *testing.T, s Setup, c sdk.DataSyncBackend, peer events.PeerID) sdk.SyncResult {
 	t.Helper()
-	res, err := c.SyncEngine().ForceSync(ctxFor(t, s), peer)
+	res, err := syncUnlessBusy(t, s, c, peer)
 	if err != nil {
 		t.Fatalf("sync with %s: %v", peer, err)
 	}
@@ -134,6 +136,18 @@ func forceSync(t *testing.T, s Setup, c sdk.DataSyncBackend, peer events.PeerID)
 		t.Fatalf("sync with %s reports peer %s", peer, res.Peer)
 	}
 	return res
+}
+
+// syncUnlessBusy runs ForceSync until it is not refused rate_limited.
+func syncUnlessBusy(t *testing.T, s Setup, c sdk.DataSyncBackend, peer events.PeerID) (sdk.SyncResult, error) {
+	t.Helper()
+	var res sdk.SyncResult
+	var err error
+	eventually(t, s, "a sync with "+string(peer)+" the backend does not turn away as busy", func() (bool, string) {
+		res, err = c.SyncEngine().ForceSync(ctxFor(t, s), peer)
+		return !events.IsReason(err, events.ReasonRateLimited), fmt.Sprint(err)
+	})
+	return res, err
 }
 
 // waitForDoc waits until c's store holds document id.
