@@ -88,22 +88,40 @@ func (s *Service) syncWith(ctx context.Context, peer events.PeerID, auth events.
 		return failed(rep, events.Errorf(events.ReasonBadToken, "this peer holds no sync token for authority %s (add one to the credentials directory)", auth))
 	}
 	c := &remoteCall{s: s, peer: peer, auth: auth, cred: cred, rep: &rep}
-	modes := []string{ModeNegentropy}
-	if s.cfg.SketchSize > 0 {
-		modes = []string{ModeRIBLT, ModeNegentropy}
-	}
-	body, _ := json.Marshal(OpenRequest{Modes: modes, FrameSizeLimit: s.cfg.FrameSizeLimit})
-	raw, err := c.do(ctx, OpOpen, body)
-	if err != nil {
-		return failed(rep, err)
-	}
 	var open OpenReply
-	if err := json.Unmarshal(raw, &open); err != nil {
-		return failed(rep, events.Wrap(events.ReasonMalformed, err, "open reply"))
+	for restored := false; ; restored = true {
+		local, err := s.floor(ctx, auth)
+		if err != nil {
+			return failed(rep, err)
+		}
+		modes := []string{ModeNegentropy}
+		if s.cfg.SketchSize > 0 && local.SettledCut == 0 {
+			modes = []string{ModeRIBLT, ModeNegentropy}
+		}
+		body, _ := json.Marshal(OpenRequest{Modes: modes, FrameSizeLimit: s.cfg.FrameSizeLimit, Floor: local.SettledCut})
+		raw, err := c.do(ctx, OpOpen, body)
+		if err != nil {
+			return failed(rep, err)
+		}
+		open = OpenReply{}
+		if err := json.Unmarshal(raw, &open); err != nil {
+			return failed(rep, events.Wrap(events.ReasonMalformed, err, "open reply"))
+		}
+		c.session, rep.Mode, rep.State = open.Session, open.Mode, StateActive
+		if restored || !s.wantsSnapshot(s.set(auth, true), local, open) {
+			break
+		}
+		// Restore from the peer's snapshot, then open again with the
+		// floor the restore settled.
+		end, _ := json.Marshal(EndRequest{Session: c.session, Outcome: string(StateCompleted)})
+		_, _ = c.do(ctx, OpEnd, end)
+		c.session = ""
+		if err := s.bootstrap(ctx, c); err != nil {
+			return failed(rep, err)
+		}
 	}
-	c.session, rep.Mode, rep.State = open.Session, open.Mode, StateActive
 
-	err = s.exchange(ctx, c, open)
+	err := s.exchange(ctx, c, open)
 	outcome := StateCompleted
 	if err != nil {
 		outcome = StateFailed
@@ -128,10 +146,10 @@ func (s *Service) exchange(ctx context.Context, c *remoteCall, open OpenReply) e
 		have, need, err = s.reconcileRIBLT(ctx, c, set, open.RIBLTSymbols)
 		if events.ReasonOf(err) == events.ReasonTooLarge {
 			c.rep.Fallback, c.rep.Mode = true, ModeNegentropy
-			have, need, err = s.reconcileNegentropy(ctx, c, set)
+			have, need, err = s.reconcileNegentropy(ctx, c, set, open.Floor)
 		}
 	} else {
-		have, need, err = s.reconcileNegentropy(ctx, c, set)
+		have, need, err = s.reconcileNegentropy(ctx, c, set, open.Floor)
 	}
 	if err != nil {
 		return err
@@ -172,12 +190,13 @@ func (s *Service) reconcileRIBLT(ctx context.Context, c *remoteCall, set *factSe
 }
 
 // reconcileNegentropy runs negentropy rounds from a copy of the local
-// index, so facts arriving meanwhile neither block nor disturb it.
-func (s *Service) reconcileNegentropy(ctx context.Context, c *remoteCall, set *factSet) (have, need []events.FactID, err error) {
+// index, so facts arriving meanwhile neither block nor disturb it, over
+// the facts at or after the session's floor.
+func (s *Service) reconcileNegentropy(ctx context.Context, c *remoteCall, set *factSet, floor uint32) (have, need []events.FactID, err error) {
 	local := set.index.Clone()
 	local.View(func(st negentropy.Storage) {
 		var in *negentropy.Initiator
-		if in, err = negentropy.NewInitiator(st, s.cfg.FrameSizeLimit); err != nil {
+		if in, err = negentropy.NewInitiator(restrict(st, floor), s.cfg.FrameSizeLimit); err != nil {
 			return
 		}
 		var msg []byte

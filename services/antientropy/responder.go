@@ -28,6 +28,9 @@ type session struct {
 	device string // the requester the guard verified (Fs-Device)
 	mode   string
 	frame  int
+	// floor is the session's settled cut: it reconciles, and takes pushed
+	// facts, only at or after it.
+	floor uint32
 	// sketch is the authority's riblt sketch frozen at open, so every
 	// symbol of the session codes the same set.
 	sketch  *riblt.Sketch
@@ -144,7 +147,7 @@ func (s *Service) handle(ctx context.Context, m *nats.Msg) ([]byte, error) {
 	sess := func(id string) (*session, error) { return s.sessions.get(id, auth, device) }
 	switch addr.Op {
 	case OpOpen:
-		return s.open(auth, device, m.Data)
+		return s.open(ctx, auth, device, m.Data)
 	case OpReconcile:
 		se, err := sess(m.Header.Get(HeaderSession))
 		if err != nil {
@@ -171,10 +174,11 @@ func (s *Service) handle(ctx context.Context, m *nats.Msg) ([]byte, error) {
 		}
 		return s.fetch(ctx, auth, req)
 	case OpPush:
-		if _, err := sess(m.Header.Get(HeaderSession)); err != nil {
+		se, err := sess(m.Header.Get(HeaderSession))
+		if err != nil {
 			return nil, err
 		}
-		return s.push(ctx, auth, m.Data)
+		return s.push(ctx, auth, se.floor, m.Data)
 	case OpEnd:
 		var req EndRequest
 		if err := decodeJSON(m.Data, &req); err != nil {
@@ -208,12 +212,16 @@ func decodeJSON(b []byte, v any) error {
 
 // open starts a session in the first mode of the request this peer
 // speaks.
-func (s *Service) open(auth events.AuthorityID, device string, body []byte) ([]byte, error) {
+func (s *Service) open(ctx context.Context, auth events.AuthorityID, device string, body []byte) ([]byte, error) {
 	var req OpenRequest
 	if err := decodeJSON(body, &req); err != nil {
 		return nil, err
 	}
-	se := &session{auth: auth, device: device, frame: s.cfg.FrameSizeLimit}
+	own, err := s.floor(ctx, auth)
+	if err != nil {
+		return nil, err
+	}
+	se := &session{auth: auth, device: device, frame: s.cfg.FrameSizeLimit, floor: max(req.Floor, own.SettledCut)}
 	if req.FrameSizeLimit > 0 {
 		if req.FrameSizeLimit < 4096 {
 			return nil, events.Errorf(events.ReasonMalformed, "frame_size_limit %d is below negentropy's minimum of 4096", req.FrameSizeLimit)
@@ -221,7 +229,9 @@ func (s *Service) open(auth events.AuthorityID, device string, body []byte) ([]b
 		se.frame = min(se.frame, req.FrameSizeLimit)
 	}
 	for _, mode := range req.Modes {
-		if mode == ModeNegentropy || mode == ModeRIBLT && s.cfg.SketchSize > 0 {
+		// A sketch codes the whole set; a session with a floor
+		// reconciles only the range after it.
+		if mode == ModeNegentropy || mode == ModeRIBLT && s.cfg.SketchSize > 0 && se.floor == 0 {
 			se.mode = mode
 			break
 		}
@@ -244,7 +254,8 @@ func (s *Service) open(auth events.AuthorityID, device string, body []byte) ([]b
 	if err := s.sessions.add(se); err != nil {
 		return nil, err
 	}
-	reply := OpenReply{Session: se.id, Mode: se.mode, Count: count, TimeoutMillis: s.cfg.SessionTimeout.Milliseconds()}
+	reply := OpenReply{Session: se.id, Mode: se.mode, Count: count, TimeoutMillis: s.cfg.SessionTimeout.Milliseconds(),
+		Floor: se.floor, Snapshot: offerOf(own)}
 	if se.sketch != nil {
 		reply.RIBLTSymbols = se.sketch.Size()
 	}
@@ -266,7 +277,7 @@ func (s *Service) reconcile(se *session, msg []byte) ([]byte, error) {
 	var err error
 	index.View(func(st negentropy.Storage) {
 		var r *negentropy.Responder
-		if r, err = negentropy.NewResponder(st, se.frame); err == nil {
+		if r, err = negentropy.NewResponder(restrict(st, se.floor), se.frame); err == nil {
 			reply, err = r.Reconcile(msg)
 		}
 	})
@@ -312,8 +323,10 @@ func (s *Service) fetch(ctx context.Context, auth events.AuthorityID, req FetchR
 
 // push takes facts another peer found this one lacks and hands them to
 // this peer's guard through INGRESS. Only the authority's facts are
-// accepted here; the guard checks signatures, tokens and rights.
-func (s *Service) push(ctx context.Context, auth events.AuthorityID, body []byte) ([]byte, error) {
+// accepted here; the guard checks signatures, tokens and rights. Facts
+// before the session's floor are dropped: that range is settled here, and
+// may have been pruned.
+func (s *Service) push(ctx context.Context, auth events.AuthorityID, floor uint32, body []byte) ([]byte, error) {
 	if len(body) > MaxPushBytes {
 		return nil, events.Errorf(events.ReasonTooLarge, "push is %d bytes, limit %d", len(body), MaxPushBytes)
 	}
@@ -324,6 +337,7 @@ func (s *Service) push(ctx context.Context, auth events.AuthorityID, body []byte
 	if len(batch.Facts) > MaxFetch {
 		return nil, events.Errorf(events.ReasonTooLarge, "push carries %d facts, limit %d", len(batch.Facts), MaxFetch)
 	}
+	kept := batch.Facts[:0]
 	for _, sf := range batch.Facts {
 		f, err := events.FactFromProto(sf)
 		if err != nil {
@@ -332,7 +346,11 @@ func (s *Service) push(ctx context.Context, auth events.AuthorityID, body []byte
 		if f.Authority != auth {
 			return nil, events.Errorf(events.ReasonMalformed, "pushed fact %s belongs to authority %s, not the session's %s", f.ID, f.Authority, auth)
 		}
+		if f.HLC.Seconds() >= floor {
+			kept = append(kept, sf)
+		}
 	}
+	batch.Facts = kept
 	if len(batch.Facts) > 0 {
 		if err := s.toIngress(ctx, auth, &batch); err != nil {
 			return nil, err

@@ -104,6 +104,13 @@ type Config struct {
 	// Rand draws the jitter, in [0, 1); default math/rand/v2. Tests
 	// inject a seeded source.
 	Rand func() float64
+
+	// NoBootstrap keeps this peer from restoring an authority from a
+	// peer's snapshot (snapshots.go); it then reconciles fact by fact.
+	NoBootstrap bool
+	// BootstrapTimeout bounds a restore from a peer's snapshot; default
+	// 10 min.
+	BootstrapTimeout time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -124,6 +131,7 @@ func (c *Config) setDefaults() {
 	def(&c.RequestTimeout, 10*time.Second)
 	def(&c.BaseBackoff, time.Second)
 	def(&c.MaxBackoff, 5*time.Minute)
+	def(&c.BootstrapTimeout, 10*time.Minute)
 	for _, p := range []struct {
 		v   *int
 		def int
@@ -195,6 +203,12 @@ type Service struct {
 
 	mu   sync.RWMutex
 	sets map[events.AuthorityID]*factSet
+	// rebuilding holds the indexes being read again from JOURNAL after a
+	// prune (snapshots.go); new facts go into them too.
+	rebuilding map[events.AuthorityID]*factSet
+	// floors caches the snapshot service's floors (snapshots.go).
+	floorsMu sync.Mutex
+	floors   map[events.AuthorityID]cachedFloor
 
 	// Set by Run.
 	env      *service.Env
@@ -221,7 +235,7 @@ var _ service.Service = (*Service)(nil)
 // New returns the anti-entropy service.
 func New(cfg Config) *Service {
 	cfg.setDefaults()
-	return &Service{cfg: cfg, sets: map[events.AuthorityID]*factSet{}}
+	return &Service{cfg: cfg, sets: map[events.AuthorityID]*factSet{}, rebuilding: map[events.AuthorityID]*factSet{}, floors: map[events.AuthorityID]cachedFloor{}}
 }
 
 // Name implements service.Service.
@@ -273,6 +287,15 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 		return err
 	}
 	defer stop()
+	snapshots, err := s.watchSnapshots(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, sub := range snapshots {
+			_ = sub.Unsubscribe()
+		}
+	}()
 
 	s.peers = newPeerTable(s, env)
 	sub, err := env.Conn.QueueSubscribe(events.ServiceSubject(Name, "*", "*"), Name, s.serve(ctx))
@@ -330,7 +353,18 @@ func (s *Service) follow(ctx context.Context, journal jetstream.Stream) (stop fu
 
 // add indexes one accepted fact at its JOURNAL sequence.
 func (s *Service) add(f *events.Fact, seq uint64) {
-	set := s.set(f.Authority, true)
+	s.mu.RLock()
+	next := s.rebuilding[f.Authority]
+	s.mu.RUnlock()
+	s.set(f.Authority, true).insert(f, seq)
+	if next != nil {
+		next.insert(f, seq)
+	}
+}
+
+// insert indexes one fact at its JOURNAL sequence; a later copy of a fact
+// moves where fetch reads it.
+func (set *factSet) insert(f *events.Fact, seq uint64) {
 	set.mu.Lock()
 	_, dup := set.seq[f.ID]
 	set.seq[f.ID] = seq
@@ -338,6 +372,15 @@ func (s *Service) add(f *events.Fact, seq uint64) {
 	if !dup && set.index.Insert(negentropy.Item{Timestamp: uint64(f.HLC.Seconds()), ID: f.ID}) && set.sketch != nil {
 		set.sketch.Add(f.ID)
 	}
+}
+
+// newSet returns an empty fact set.
+func (s *Service) newSet() *factSet {
+	set := &factSet{seq: map[events.FactID]uint64{}}
+	if s.cfg.SketchSize > 0 {
+		set.sketch = riblt.NewSketch(s.cfg.SketchSize)
+	}
+	return set
 }
 
 // set returns an authority's fact set, creating it when create is set.
@@ -351,10 +394,7 @@ func (s *Service) set(auth events.AuthorityID, create bool) *factSet {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if set = s.sets[auth]; set == nil {
-		set = &factSet{seq: map[events.FactID]uint64{}}
-		if s.cfg.SketchSize > 0 {
-			set.sketch = riblt.NewSketch(s.cfg.SketchSize)
-		}
+		set = s.newSet()
 		s.sets[auth] = set
 	}
 	return set

@@ -69,6 +69,9 @@ type OpenRequest struct {
 	// FrameSizeLimit the initiator uses for negentropy messages; the
 	// responder answers within the same limit. 0 means the default.
 	FrameSizeLimit int `json:"frame_size_limit,omitempty"`
+	// Floor is the initiator's settled cut (snapshots.go): it reconciles
+	// only facts at or after it.
+	Floor uint32 `json:"floor,omitempty"`
 }
 
 // OpenReply names the session and the mode the responder chose.
@@ -82,6 +85,13 @@ type OpenReply struct {
 	Count int `json:"count"`
 	// TimeoutMillis is how long the session lives without a request.
 	TimeoutMillis int64 `json:"timeout_ms"`
+	// Floor is the session's: the later of both peers' settled cuts. Both
+	// reconcile only facts at or after it, with negentropy.
+	Floor uint32 `json:"floor,omitempty"`
+	// Snapshot is the responder's newest committed snapshot, which an
+	// initiator that needs the history before Floor, or a new one,
+	// restores from (snapshots.go).
+	Snapshot *SnapshotOffer `json:"snapshot,omitempty"`
 }
 
 // SymbolsRequest asks for riblt symbols [From, From+Count).

@@ -74,20 +74,5 @@ func IndexSummary(x *negentropy.Index, cut uint32, after bool) SetSummary {
 // sides restricted the same way) and leaves the range before the cut,
 // which the snapshot settled, alone.
 func StorageAfterCut(s negentropy.Storage, cut uint32) negentropy.Storage {
-	return afterCut{s: s, lo: s.LowerBound(AfterCut(cut))}
-}
-
-type afterCut struct {
-	s  negentropy.Storage
-	lo int
-}
-
-func (a afterCut) Len() int { return a.s.Len() - a.lo }
-
-func (a afterCut) LowerBound(x negentropy.Item) int { return max(a.s.LowerBound(x), a.lo) - a.lo }
-
-func (a afterCut) Sum(from, to int) negentropy.Accumulator { return a.s.Sum(from+a.lo, to+a.lo) }
-
-func (a afterCut) Iterate(from, to int, fn func(negentropy.Item, int) bool) {
-	a.s.Iterate(from+a.lo, to+a.lo, func(it negentropy.Item, pos int) bool { return fn(it, pos-a.lo) })
+	return negentropy.From(s, AfterCut(cut))
 }
