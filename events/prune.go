@@ -1,5 +1,9 @@
 package events
 
+import (
+	eventsv1 "github.com/factsync/factsync/events/v1"
+)
+
 // Pruning: an authority's JOURNAL history that a committed, verified
 // snapshot covers is dropped (docs/snapshot.md, "Pruning"). The snapshot
 // service plans a prune and asks the guard, which alone may change
@@ -46,6 +50,42 @@ type SnapshotPruned struct {
 	Facts       uint64 `json:"facts"`
 	Messages    uint64 `json:"messages"`
 	Republished int    `json:"republished"`
+}
+
+// EncodeSnapshotPruned encodes p as an eventsv1.SnapshotPruned, the form
+// published on SnapshotPrunedSubject.
+func EncodeSnapshotPruned(p SnapshotPruned) ([]byte, error) {
+	return encodeEvent("snapshot prune", &eventsv1.SnapshotPruned{
+		Authority:   string(p.Authority),
+		Snapshot:    p.Snapshot,
+		CutSeconds:  p.CutSeconds,
+		Below:       p.Below,
+		Facts:       p.Facts,
+		Messages:    p.Messages,
+		Republished: int64(p.Republished),
+	})
+}
+
+// DecodeSnapshotPruned decodes a prune notice; one that names no valid
+// authority is refused with ReasonMalformed.
+func DecodeSnapshotPruned(data []byte) (SnapshotPruned, error) {
+	var m eventsv1.SnapshotPruned
+	if err := decodeEvent("snapshot prune", data, &m); err != nil {
+		return SnapshotPruned{}, err
+	}
+	p := SnapshotPruned{
+		Authority:   AuthorityID(m.GetAuthority()),
+		Snapshot:    m.GetSnapshot(),
+		CutSeconds:  m.GetCutSeconds(),
+		Below:       m.GetBelow(),
+		Facts:       m.GetFacts(),
+		Messages:    m.GetMessages(),
+		Republished: int(m.GetRepublished()),
+	}
+	if err := p.Authority.Validate(); err != nil {
+		return SnapshotPruned{}, err
+	}
+	return p, nil
 }
 
 // SnapshotPrunedSubject announces prunes of auth (core NATS): anti-entropy

@@ -123,6 +123,24 @@ func genSnapshotProgress(t *rapid.T) events.SnapshotProgress {
 	return p
 }
 
+func genSnapshotPruned(t *rapid.T) events.SnapshotPruned {
+	p := events.SnapshotPruned{
+		Authority:   events.AuthorityID(genKeyID(t, "authority")),
+		Snapshot:    hex.EncodeToString(genBytes(t, "snapshot")),
+		CutSeconds:  rapid.Uint32().Draw(t, "cut"),
+		Facts:       rapid.Uint64().Draw(t, "facts"),
+		Messages:    rapid.Uint64().Draw(t, "messages"),
+		Republished: rapid.IntRange(0, 1<<30).Draw(t, "republished"),
+	}
+	for i := range rapid.IntRange(0, 3).Draw(t, "collections") {
+		if p.Below == nil {
+			p.Below = map[string]uint64{}
+		}
+		p.Below[string(rune('a'+i))] = rapid.Uint64().Draw(t, "below")
+	}
+	return p
+}
+
 func genFactID(t *rapid.T, label string) events.FactID {
 	var id events.FactID
 	copy(id[:], rapid.SliceOfN(rapid.Byte(), len(id), len(id)).Draw(t, label))
@@ -210,6 +228,10 @@ func TestSnapshotEventRoundTrip(t *testing.T) {
 	roundTrip(t, genSnapshotEvent, events.EncodeSnapshotEvent, events.DecodeSnapshotEvent)
 }
 
+func TestSnapshotPrunedRoundTrip(t *testing.T) {
+	roundTrip(t, genSnapshotPruned, events.EncodeSnapshotPruned, events.DecodeSnapshotPruned)
+}
+
 func TestSnapshotProgressRoundTrip(t *testing.T) {
 	roundTrip(t, genSnapshotProgress, events.EncodeSnapshotProgress, events.DecodeSnapshotProgress)
 }
@@ -266,6 +288,7 @@ func TestDecodersRefuseIncompleteEvents(t *testing.T) {
 		"change without a fact id":       func() error { _, err := events.DecodeChange(nil); return err },
 		"change with a field not JSON":   func() error { _, err := events.DecodeChange(badField); return err },
 		"presence without a peer":        func() error { _, err := events.DecodePresence(presenceNoPeer); return err },
+		"prune of no authority":          func() error { _, err := events.DecodeSnapshotPruned([]byte{0x12, 0x01, 'x'}); return err },
 		"fork proof hash of 3 bytes":     func() error { _, err := events.DecodeForkEvidence([]byte{0x2a, 0x03, 1, 2, 3}); return err },
 		"OTA event that is not protobuf": func() error { _, err := events.DecodeOTAEvent([]byte(`{"kind":"approved"}`)); return err },
 	} {
@@ -337,6 +360,10 @@ func FuzzDecodeSnapshotEvent(f *testing.F) {
 
 func FuzzDecodeSnapshotProgress(f *testing.F) {
 	fuzzDecoder(f, seeds(f, genSnapshotProgress, events.EncodeSnapshotProgress), events.EncodeSnapshotProgress, events.DecodeSnapshotProgress)
+}
+
+func FuzzDecodeSnapshotPruned(f *testing.F) {
+	fuzzDecoder(f, seeds(f, genSnapshotPruned, events.EncodeSnapshotPruned), events.EncodeSnapshotPruned, events.DecodeSnapshotPruned)
 }
 
 func FuzzDecodeChange(f *testing.F) {

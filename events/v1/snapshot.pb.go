@@ -1,6 +1,7 @@
 // Snapshot events: the messages of the SNAPSHOTS stream
-// (fs.snapshot.{proposed,approved,committed}.<auth>) and restore progress
-// (fs.snapshot.progress.<auth>, core NATS). docs/snapshot.md describes the
+// (fs.snapshot.{proposed,approved,committed}.<auth>), restore progress
+// (fs.snapshot.progress.<auth>, core NATS) and prune notices
+// (fs.snapshot.pruned.<auth>, core NATS). docs/snapshot.md describes the
 // protocol; events/snapshot.go holds the Go types.
 //
 // A manifest travels as the exact fixed-size encoding its signatures cover
@@ -442,6 +443,102 @@ func (x *SnapshotProgress) GetDetail() string {
 	return ""
 }
 
+// SnapshotPruned announces a prune of an authority's JOURNAL history
+// (fs.snapshot.pruned.<auth>, core NATS).
+type SnapshotPruned struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Authority  string                 `protobuf:"bytes,1,opt,name=authority,proto3" json:"authority,omitempty"`
+	Snapshot   string                 `protobuf:"bytes,2,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	CutSeconds uint32                 `protobuf:"varint,3,opt,name=cut_seconds,json=cutSeconds,proto3" json:"cut_seconds,omitempty"`
+	// below is, per collection, the JOURNAL sequence below which the prune
+	// removed the collection's messages.
+	Below         map[string]uint64 `protobuf:"bytes,4,rep,name=below,proto3" json:"below,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	Facts         uint64            `protobuf:"varint,5,opt,name=facts,proto3" json:"facts,omitempty"`
+	Messages      uint64            `protobuf:"varint,6,opt,name=messages,proto3" json:"messages,omitempty"`
+	Republished   int64             `protobuf:"varint,7,opt,name=republished,proto3" json:"republished,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotPruned) Reset() {
+	*x = SnapshotPruned{}
+	mi := &file_v1_snapshot_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotPruned) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotPruned) ProtoMessage() {}
+
+func (x *SnapshotPruned) ProtoReflect() protoreflect.Message {
+	mi := &file_v1_snapshot_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotPruned.ProtoReflect.Descriptor instead.
+func (*SnapshotPruned) Descriptor() ([]byte, []int) {
+	return file_v1_snapshot_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SnapshotPruned) GetAuthority() string {
+	if x != nil {
+		return x.Authority
+	}
+	return ""
+}
+
+func (x *SnapshotPruned) GetSnapshot() string {
+	if x != nil {
+		return x.Snapshot
+	}
+	return ""
+}
+
+func (x *SnapshotPruned) GetCutSeconds() uint32 {
+	if x != nil {
+		return x.CutSeconds
+	}
+	return 0
+}
+
+func (x *SnapshotPruned) GetBelow() map[string]uint64 {
+	if x != nil {
+		return x.Below
+	}
+	return nil
+}
+
+func (x *SnapshotPruned) GetFacts() uint64 {
+	if x != nil {
+		return x.Facts
+	}
+	return 0
+}
+
+func (x *SnapshotPruned) GetMessages() uint64 {
+	if x != nil {
+		return x.Messages
+	}
+	return 0
+}
+
+func (x *SnapshotPruned) GetRepublished() int64 {
+	if x != nil {
+		return x.Republished
+	}
+	return 0
+}
+
 var File_v1_snapshot_proto protoreflect.FileDescriptor
 
 const file_v1_snapshot_proto_rawDesc = "" +
@@ -471,7 +568,20 @@ const file_v1_snapshot_proto_rawDesc = "" +
 	"\x04done\x18\x04 \x01(\x03R\x04done\x12\x14\n" +
 	"\x05total\x18\x05 \x01(\x03R\x05total\x12\x16\n" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x16\n" +
-	"\x06detail\x18\a \x01(\tR\x06detailB1Z/github.com/factsync/factsync/events/v1;eventsv1b\x06proto3"
+	"\x06detail\x18\a \x01(\tR\x06detail\"\xbe\x02\n" +
+	"\x0eSnapshotPruned\x12\x1c\n" +
+	"\tauthority\x18\x01 \x01(\tR\tauthority\x12\x1a\n" +
+	"\bsnapshot\x18\x02 \x01(\tR\bsnapshot\x12\x1f\n" +
+	"\vcut_seconds\x18\x03 \x01(\rR\n" +
+	"cutSeconds\x12C\n" +
+	"\x05below\x18\x04 \x03(\v2-.factsync.events.v1.SnapshotPruned.BelowEntryR\x05below\x12\x14\n" +
+	"\x05facts\x18\x05 \x01(\x04R\x05facts\x12\x1a\n" +
+	"\bmessages\x18\x06 \x01(\x04R\bmessages\x12 \n" +
+	"\vrepublished\x18\a \x01(\x03R\vrepublished\x1a8\n" +
+	"\n" +
+	"BelowEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01B1Z/github.com/factsync/factsync/events/v1;eventsv1b\x06proto3"
 
 var (
 	file_v1_snapshot_proto_rawDescOnce sync.Once
@@ -485,7 +595,7 @@ func file_v1_snapshot_proto_rawDescGZIP() []byte {
 	return file_v1_snapshot_proto_rawDescData
 }
 
-var file_v1_snapshot_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_v1_snapshot_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_v1_snapshot_proto_goTypes = []any{
 	(*SnapshotSignature)(nil),     // 0: factsync.events.v1.SnapshotSignature
 	(*SnapshotProposed)(nil),      // 1: factsync.events.v1.SnapshotProposed
@@ -493,20 +603,23 @@ var file_v1_snapshot_proto_goTypes = []any{
 	(*SnapshotCommitted)(nil),     // 3: factsync.events.v1.SnapshotCommitted
 	(*SnapshotEvent)(nil),         // 4: factsync.events.v1.SnapshotEvent
 	(*SnapshotProgress)(nil),      // 5: factsync.events.v1.SnapshotProgress
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(*SnapshotPruned)(nil),        // 6: factsync.events.v1.SnapshotPruned
+	nil,                           // 7: factsync.events.v1.SnapshotPruned.BelowEntry
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
 }
 var file_v1_snapshot_proto_depIdxs = []int32{
 	0, // 0: factsync.events.v1.SnapshotProposed.signature:type_name -> factsync.events.v1.SnapshotSignature
 	0, // 1: factsync.events.v1.SnapshotApproved.signature:type_name -> factsync.events.v1.SnapshotSignature
-	6, // 2: factsync.events.v1.SnapshotEvent.at:type_name -> google.protobuf.Timestamp
+	8, // 2: factsync.events.v1.SnapshotEvent.at:type_name -> google.protobuf.Timestamp
 	1, // 3: factsync.events.v1.SnapshotEvent.proposed:type_name -> factsync.events.v1.SnapshotProposed
 	2, // 4: factsync.events.v1.SnapshotEvent.approved:type_name -> factsync.events.v1.SnapshotApproved
 	3, // 5: factsync.events.v1.SnapshotEvent.committed:type_name -> factsync.events.v1.SnapshotCommitted
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	7, // 6: factsync.events.v1.SnapshotPruned.below:type_name -> factsync.events.v1.SnapshotPruned.BelowEntry
+	7, // [7:7] is the sub-list for method output_type
+	7, // [7:7] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_v1_snapshot_proto_init() }
@@ -525,7 +638,7 @@ func file_v1_snapshot_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_v1_snapshot_proto_rawDesc), len(file_v1_snapshot_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -22,6 +22,7 @@ import (
 	"github.com/factsync/factsync/shared/fold"
 	"github.com/factsync/factsync/shared/mesh"
 	"github.com/factsync/factsync/shared/runner"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -42,7 +43,9 @@ func startSnapshotPeer(t *testing.T, hub *mesh.Hub, i int, d *device, key ed2551
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc := bustest.Connect(t, ns.ClientURL())
+	// Replies from other peers cross the hub only to this peer's private
+	// inbox.
+	nc := bustest.Connect(t, ns.ClientURL(), nats.CustomInboxPrefix(hub.InboxPrefix(i)))
 	js, _ := jetstream.New(nc)
 	pub := key.Public().(ed25519.PublicKey)
 	token, err := capability.Mint(d.authKey, pub, syncRights(), time.Now().Add(time.Hour))
@@ -108,14 +111,14 @@ func (d *device) factAt(t *testing.T, doc string, at time.Time, n int) *events.F
 func TestNewPeerBootstrapsFromAPrunedPeer(t *testing.T) {
 	d := newDevice(t, capability.Right{Collection: capability.AnyCollection, Op: capability.OpWrite},
 		capability.Right{Collection: capability.AnyCollection, Op: capability.OpSnapshot})
-	hub, err := mesh.StartHub(mesh.HubConfig{Peers: 2})
+	_, keyA, _ := ed25519.GenerateKey(rand.Reader)
+	_, keyB, _ := ed25519.GenerateKey(rand.Reader)
+	idA := events.PeerIDOf(keyA.Public().(ed25519.PublicKey))
+	hub, err := mesh.StartHub(mesh.HubConfig{Peers: []events.PeerID{idA, events.PeerIDOf(keyB.Public().(ed25519.PublicKey))}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(hub.Close)
-	_, keyA, _ := ed25519.GenerateKey(rand.Reader)
-	_, keyB, _ := ed25519.GenerateKey(rand.Reader)
-	idA := events.PeerIDOf(keyA.Public().(ed25519.PublicKey))
 	a := startSnapshotPeer(t, hub, 0, d, keyA, []events.PeerID{idA})
 	auth := d.auth()
 

@@ -164,8 +164,8 @@ func (s *Service) wantsSnapshot(set *factSet, local events.SnapshotFloor, open O
 func (s *Service) bootstrap(ctx context.Context, c *remoteCall) error {
 	progress := make(chan events.SnapshotProgress, 1)
 	sub, err := s.env.Conn.Subscribe(events.SnapshotProgressSubject(c.auth), func(m *nats.Msg) {
-		var p events.SnapshotProgress
-		if json.Unmarshal(m.Data, &p) != nil || p.Phase != events.SnapshotPhaseComplete && p.Phase != events.SnapshotPhaseFailed {
+		p, err := events.DecodeSnapshotProgress(m.Data)
+		if err != nil || p.Phase != events.SnapshotPhaseComplete && p.Phase != events.SnapshotPhaseFailed {
 			return
 		}
 		select {
@@ -218,8 +218,8 @@ func (s *Service) bootstrap(ctx context.Context, c *remoteCall) error {
 func (s *Service) watchSnapshots(ctx context.Context) ([]*nats.Subscription, error) {
 	pruned := make(chan events.AuthorityID, 64)
 	onPrune, err := s.env.Conn.Subscribe(events.SnapshotPrunedSubject("*"), func(m *nats.Msg) {
-		var p events.SnapshotPruned
-		if json.Unmarshal(m.Data, &p) != nil || p.Authority.Validate() != nil {
+		p, err := events.DecodeSnapshotPruned(m.Data)
+		if err != nil {
 			return
 		}
 		s.forgetFloor(p.Authority)
@@ -232,8 +232,7 @@ func (s *Service) watchSnapshots(ctx context.Context) ([]*nats.Subscription, err
 		return nil, fmt.Errorf("antientropy: subscribe to prunes: %w", err)
 	}
 	onRestore, err := s.env.Conn.Subscribe(events.SnapshotProgressSubject("*"), func(m *nats.Msg) {
-		var p events.SnapshotProgress
-		if json.Unmarshal(m.Data, &p) == nil && p.Phase == events.SnapshotPhaseComplete {
+		if p, err := events.DecodeSnapshotProgress(m.Data); err == nil && p.Phase == events.SnapshotPhaseComplete {
 			s.forgetFloor(p.Authority)
 		}
 	})

@@ -243,8 +243,11 @@ func (s *Service) pruneFenced(ctx context.Context, auth events.AuthorityID, cred
 		return out, events.Errorf(events.ReasonInternal, "the guard reported the prune of %s done, but JOURNAL still holds the facts it removes", auth)
 	}
 	out.Below, out.Facts, out.Messages, out.Republished = plan.req.Below, reply.Facts, reply.Messages, reply.Republished
-	body, _ := json.Marshal(out)
-	if err := s.env.Conn.Publish(events.SnapshotPrunedSubject(auth), body); err != nil {
+	body, err := events.EncodeSnapshotPruned(out)
+	if err == nil {
+		err = s.env.Conn.Publish(events.SnapshotPrunedSubject(auth), body)
+	}
+	if err != nil {
 		s.env.Log.Warn("snapshot: announce prune", "authority", auth, "err", err)
 	}
 	s.env.Log.Info("snapshot: pruned JOURNAL", "authority", auth, "snapshot", shortID(v.ID), "cut", v.Manifest.Cut, "facts", out.Facts, "messages", out.Messages, "republished", out.Republished)
