@@ -20,12 +20,14 @@ import (
 	"time"
 
 	"github.com/factsync/factsync/events"
+	eventsv1 "github.com/factsync/factsync/events/v1"
 	"github.com/factsync/factsync/faults/internal/stack"
 	"github.com/factsync/factsync/shared/bustest"
 	"github.com/factsync/factsync/shared/fold"
 	"github.com/factsync/factsync/shared/natsauth"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
 )
 
 func long() bool { return os.Getenv("FACTSYNC_LONG") == "1" }
@@ -216,6 +218,7 @@ func TestCrashKillNineDuringIngest(t *testing.T) {
 		}
 		t.Logf("%d facts acknowledged by INGRESS, %d JOURNAL messages, %d kills: %d lost, %d stored twice", len(acked), len(stored), killed, lost, twice)
 		if lost > 0 || twice > 0 {
+			reportDenials(ctx, t, js, acked, seen)
 			t.Fatalf("seed %d: %d acknowledged facts lost, %d stored more than once", seed, lost, twice)
 		}
 
@@ -247,4 +250,23 @@ func TestCrashKillNineDuringIngest(t *testing.T) {
 	s.kill() // the server log is complete once the process is reaped
 	t.Logf("%d of the %d restarts found an append to the receipts log that the kill had interrupted, and dropped it",
 		bytes.Count(s.log.Bytes(), []byte(interruptedAppend)), killed+1)
+}
+
+// reportDenials logs what DENIED says about the acknowledged facts missing
+// from JOURNAL: a lost fact the guard denied points at the check that
+// denied it, one DENIED does not know points at the write path.
+func reportDenials(ctx context.Context, t *testing.T, js jetstream.JetStream, acked map[events.FactID]bool, inJournal map[events.FactID]int) {
+	t.Helper()
+	reasons := map[string]int{}
+	for _, m := range stack.ReadStream(ctx, t, js, events.StreamDenied, events.DeniedPrefix+".>") {
+		var d eventsv1.Denial
+		if proto.Unmarshal(m.Data(), &d) != nil {
+			continue
+		}
+		id, err := events.ParseFactID(d.GetFactId())
+		if err == nil && acked[id] && inJournal[id] == 0 {
+			reasons[d.GetReason()+": "+d.GetDetail()]++
+		}
+	}
+	t.Logf("DENIED on the lost facts: %v (empty: DENIED has none of them)", reasons)
 }
