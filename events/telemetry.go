@@ -9,6 +9,7 @@ const (
 	AttrCollection = attribute.Key("factsync.collection")
 	AttrDocument   = attribute.Key("factsync.document")
 	AttrFactID     = attribute.Key("factsync.fact.id")
+	AttrFactIDs    = attribute.Key("factsync.fact.ids") // a span about several facts
 	AttrDevice     = attribute.Key("factsync.device")
 	AttrPeer       = attribute.Key("factsync.peer")
 	AttrReason     = attribute.Key("factsync.reason")

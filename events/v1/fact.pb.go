@@ -377,9 +377,16 @@ func (x *SignedFact) GetSignature() []byte {
 // FactBatch is what clients and peers publish to INGRESS: facts plus the
 // tokens they reference, each token once.
 type FactBatch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Facts         []*SignedFact          `protobuf:"bytes,1,rep,name=facts,proto3" json:"facts,omitempty"`
-	Tokens        [][]byte               `protobuf:"bytes,2,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Facts  []*SignedFact          `protobuf:"bytes,1,rep,name=facts,proto3" json:"facts,omitempty"`
+	Tokens [][]byte               `protobuf:"bytes,2,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	// traces carries each fact's own trace context between peers, so that a
+	// fact pulled or pushed by anti-entropy continues the trace it was
+	// written in (docs/antientropy.md): traces[i] belongs to facts[i]. The
+	// list may be shorter than facts, and an entry may be empty; those facts
+	// have no context of their own. Optional: a peer that does not know the
+	// field ignores it, and the guard never reads it.
+	Traces        []*TraceContext `protobuf:"bytes,3,rep,name=traces,proto3" json:"traces,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -428,6 +435,68 @@ func (x *FactBatch) GetTokens() [][]byte {
 	return nil
 }
 
+func (x *FactBatch) GetTraces() []*TraceContext {
+	if x != nil {
+		return x.Traces
+	}
+	return nil
+}
+
+// TraceContext is a W3C trace context (the traceparent and tracestate
+// headers, as the bus carries them in NATS headers) moved inside a message
+// body, where one message carries many facts of many traces.
+type TraceContext struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Traceparent   string                 `protobuf:"bytes,1,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
+	Tracestate    string                 `protobuf:"bytes,2,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TraceContext) Reset() {
+	*x = TraceContext{}
+	mi := &file_v1_fact_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TraceContext) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TraceContext) ProtoMessage() {}
+
+func (x *TraceContext) ProtoReflect() protoreflect.Message {
+	mi := &file_v1_fact_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TraceContext.ProtoReflect.Descriptor instead.
+func (*TraceContext) Descriptor() ([]byte, []int) {
+	return file_v1_fact_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *TraceContext) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
+}
+
+func (x *TraceContext) GetTracestate() string {
+	if x != nil {
+		return x.Tracestate
+	}
+	return ""
+}
+
 // Denial is published to DENIED for every rejected event.
 type Denial struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -448,7 +517,7 @@ type Denial struct {
 
 func (x *Denial) Reset() {
 	*x = Denial{}
-	mi := &file_v1_fact_proto_msgTypes[6]
+	mi := &file_v1_fact_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +529,7 @@ func (x *Denial) String() string {
 func (*Denial) ProtoMessage() {}
 
 func (x *Denial) ProtoReflect() protoreflect.Message {
-	mi := &file_v1_fact_proto_msgTypes[6]
+	mi := &file_v1_fact_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +542,7 @@ func (x *Denial) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Denial.ProtoReflect.Descriptor instead.
 func (*Denial) Descriptor() ([]byte, []int) {
-	return file_v1_fact_proto_rawDescGZIP(), []int{6}
+	return file_v1_fact_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Denial) GetReason() string {
@@ -550,10 +619,16 @@ const file_v1_fact_proto_rawDesc = "" +
 	"\n" +
 	"SignedFact\x12\x12\n" +
 	"\x04body\x18\x01 \x01(\fR\x04body\x12\x1c\n" +
-	"\tsignature\x18\x02 \x01(\fR\tsignature\"Y\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\"\x93\x01\n" +
 	"\tFactBatch\x124\n" +
 	"\x05facts\x18\x01 \x03(\v2\x1e.factsync.events.v1.SignedFactR\x05facts\x12\x16\n" +
-	"\x06tokens\x18\x02 \x03(\fR\x06tokens\"\xb8\x01\n" +
+	"\x06tokens\x18\x02 \x03(\fR\x06tokens\x128\n" +
+	"\x06traces\x18\x03 \x03(\v2 .factsync.events.v1.TraceContextR\x06traces\"P\n" +
+	"\fTraceContext\x12 \n" +
+	"\vtraceparent\x18\x01 \x01(\tR\vtraceparent\x12\x1e\n" +
+	"\n" +
+	"tracestate\x18\x02 \x01(\tR\n" +
+	"tracestate\"\xb8\x01\n" +
 	"\x06Denial\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x16\n" +
 	"\x06detail\x18\x02 \x01(\tR\x06detail\x12\x18\n" +
@@ -574,26 +649,28 @@ func file_v1_fact_proto_rawDescGZIP() []byte {
 	return file_v1_fact_proto_rawDescData
 }
 
-var file_v1_fact_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_v1_fact_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_v1_fact_proto_goTypes = []any{
-	(*HLC)(nil),        // 0: factsync.events.v1.HLC
-	(*FactBody)(nil),   // 1: factsync.events.v1.FactBody
-	(*Put)(nil),        // 2: factsync.events.v1.Put
-	(*Delete)(nil),     // 3: factsync.events.v1.Delete
-	(*SignedFact)(nil), // 4: factsync.events.v1.SignedFact
-	(*FactBatch)(nil),  // 5: factsync.events.v1.FactBatch
-	(*Denial)(nil),     // 6: factsync.events.v1.Denial
+	(*HLC)(nil),          // 0: factsync.events.v1.HLC
+	(*FactBody)(nil),     // 1: factsync.events.v1.FactBody
+	(*Put)(nil),          // 2: factsync.events.v1.Put
+	(*Delete)(nil),       // 3: factsync.events.v1.Delete
+	(*SignedFact)(nil),   // 4: factsync.events.v1.SignedFact
+	(*FactBatch)(nil),    // 5: factsync.events.v1.FactBatch
+	(*TraceContext)(nil), // 6: factsync.events.v1.TraceContext
+	(*Denial)(nil),       // 7: factsync.events.v1.Denial
 }
 var file_v1_fact_proto_depIdxs = []int32{
 	0, // 0: factsync.events.v1.FactBody.hlc:type_name -> factsync.events.v1.HLC
 	2, // 1: factsync.events.v1.FactBody.put:type_name -> factsync.events.v1.Put
 	3, // 2: factsync.events.v1.FactBody.delete:type_name -> factsync.events.v1.Delete
 	4, // 3: factsync.events.v1.FactBatch.facts:type_name -> factsync.events.v1.SignedFact
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	6, // 4: factsync.events.v1.FactBatch.traces:type_name -> factsync.events.v1.TraceContext
+	5, // [5:5] is the sub-list for method output_type
+	5, // [5:5] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_v1_fact_proto_init() }
@@ -611,7 +688,7 @@ func file_v1_fact_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_v1_fact_proto_rawDesc), len(file_v1_fact_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -14,6 +14,9 @@ import (
 	"github.com/factsync/factsync/services/antientropy/riblt"
 	"github.com/factsync/factsync/shared/bus"
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -75,13 +78,18 @@ func (c *remoteCall) do(ctx context.Context, op string, body []byte) ([]byte, er
 	return reply.Data, nil
 }
 
-// syncWith runs one session with peer on auth and reports it.
+// syncWith runs one session with peer on auth and reports it. The
+// session's span is the parent of its requests; the facts it moves
+// continue their own traces, linked to it (tracing.go).
 func (s *Service) syncWith(ctx context.Context, peer events.PeerID, auth events.AuthorityID) (rep SyncReport) {
 	start := s.env.Clock.Now()
 	rep = SyncReport{Peer: peer, Authority: auth, State: StateInitializing, Started: start}
+	ctx, span := s.tracer.Start(ctx, spanSession, trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(events.AttrPeer.String(string(peer)), events.AttrAuthority.String(string(auth))))
 	defer func() {
 		rep.Duration = s.env.Clock.Now().Sub(start).String()
 		s.metrics.session(ctx, &rep)
+		endSession(span, &rep)
 	}()
 	cred, ok := s.creds[auth]
 	if !ok {
@@ -233,18 +241,18 @@ func (s *Service) pull(ctx context.Context, c *remoteCall, need []events.FactID)
 		if err := proto.Unmarshal(raw, &batch); err != nil {
 			return events.Wrap(events.ReasonMalformed, err, fmt.Sprintf("peer %s sent a fetch reply that is not a FactBatch", c.peer))
 		}
-		kept := batch.Facts[:0]
-		for _, sf := range batch.Facts {
+		var kept []*events.Fact
+		var traces []*eventsv1.TraceContext
+		for i, sf := range batch.Facts {
 			if f, err := events.FactFromProto(sf); err == nil && asked[f.ID] {
 				delete(asked, f.ID)
-				kept = append(kept, sf)
+				kept, traces = append(kept, f), append(traces, traceAt(&batch, i))
 			}
 		}
-		batch.Facts = kept
 		if len(kept) == 0 {
 			continue
 		}
-		if err := s.toIngress(ctx, c.auth, &batch); err != nil {
+		if err := s.ingest(ctx, c.peer, c.auth, kept, traces, batch.Tokens); err != nil {
 			return err
 		}
 		c.rep.Pulled += len(kept)
@@ -257,21 +265,44 @@ func (s *Service) pull(ctx context.Context, c *remoteCall, need []events.FactID)
 func (s *Service) pushTo(ctx context.Context, c *remoteCall, have []events.FactID) error {
 	for len(have) > 0 {
 		n := min(len(have), s.cfg.BatchSize)
-		batch, err := s.batch(ctx, c.auth, have[:n])
+		batch, stored, err := s.batch(ctx, c.auth, have[:n])
 		if err != nil {
 			return err
 		}
 		have = have[n:]
+		end := s.traceOutgoing(ctx, spanPush, c.peer, c.auth, batch, stored)
 		body, err := proto.Marshal(batch)
 		if err != nil {
-			return events.Wrap(events.ReasonInternal, err, "encode fact batch")
+			err = events.Wrap(events.ReasonInternal, err, "encode fact batch")
+		} else {
+			_, err = c.do(ctx, OpPush, body)
 		}
-		if _, err := c.do(ctx, OpPush, body); err != nil {
+		end(err)
+		if err != nil {
 			return err
 		}
 		c.rep.Pushed += len(batch.Facts)
 	}
 	return nil
+}
+
+// endSession records the session's report on its span and ends it.
+func endSession(span trace.Span, rep *SyncReport) {
+	span.SetAttributes(
+		attribute.String("factsync.antientropy.state", string(rep.State)),
+		attribute.String("factsync.antientropy.mode", rep.Mode),
+		attribute.Bool("factsync.antientropy.fallback", rep.Fallback),
+		attribute.Int("factsync.antientropy.rounds", rep.Rounds),
+		attribute.Int("factsync.antientropy.lag", rep.Lag),
+		attribute.Int("factsync.antientropy.pulled", rep.Pulled),
+		attribute.Int("factsync.antientropy.pushed", rep.Pushed),
+		attribute.Int("factsync.antientropy.bytes_out", rep.BytesOut),
+		attribute.Int("factsync.antientropy.bytes_in", rep.BytesIn))
+	if rep.State == StateFailed {
+		span.SetAttributes(events.AttrReason.String(rep.Reason))
+		span.SetStatus(codes.Error, rep.Error)
+	}
+	span.End()
 }
 
 func failed(rep SyncReport, err error) SyncReport {

@@ -172,13 +172,13 @@ func (s *Service) handle(ctx context.Context, m *nats.Msg) ([]byte, error) {
 		if _, err := sess(req.Session); err != nil {
 			return nil, err
 		}
-		return s.fetch(ctx, auth, req)
+		return s.fetch(ctx, events.PeerID(device), auth, req)
 	case OpPush:
 		se, err := sess(m.Header.Get(HeaderSession))
 		if err != nil {
 			return nil, err
 		}
-		return s.push(ctx, auth, se.floor, m.Data)
+		return s.push(ctx, events.PeerID(device), auth, se.floor, m.Data)
 	case OpEnd:
 		var req EndRequest
 		if err := decodeJSON(m.Data, &req); err != nil {
@@ -298,8 +298,10 @@ func symbols(se *session, req SymbolsRequest) ([]byte, error) {
 	return se.sketch.AppendSymbols(make([]byte, 0, req.Count*riblt.SymbolSize), req.From, req.From+req.Count)
 }
 
-// fetch answers the asked-for facts with the tokens they cite.
-func (s *Service) fetch(ctx context.Context, auth events.AuthorityID, req FetchRequest) ([]byte, error) {
+// fetch answers the asked-for facts with the tokens they cite and, for
+// each fact, its trace context, continued towards peer (the requester;
+// its device key is its peer key).
+func (s *Service) fetch(ctx context.Context, peer events.PeerID, auth events.AuthorityID, req FetchRequest) ([]byte, error) {
 	if len(req.IDs) > MaxFetch {
 		return nil, events.Errorf(events.ReasonTooLarge, "fetch asks for %d facts, limit %d", len(req.IDs), MaxFetch)
 	}
@@ -310,23 +312,25 @@ func (s *Service) fetch(ctx context.Context, auth events.AuthorityID, req FetchR
 			return nil, err
 		}
 	}
-	batch, err := s.batch(ctx, auth, ids)
+	batch, stored, err := s.batch(ctx, auth, ids)
 	if err != nil {
 		return nil, err
 	}
+	end := s.traceOutgoing(ctx, spanFetch, peer, auth, batch, stored)
 	out, err := proto.Marshal(batch)
 	if err != nil {
-		return nil, events.Wrap(events.ReasonInternal, err, "encode fact batch")
+		err = events.Wrap(events.ReasonInternal, err, "encode fact batch")
 	}
-	return out, nil
+	end(err)
+	return out, err
 }
 
-// push takes facts another peer found this one lacks and hands them to
-// this peer's guard through INGRESS. Only the authority's facts are
-// accepted here; the guard checks signatures, tokens and rights. Facts
-// before the session's floor are dropped: that range is settled here, and
-// may have been pruned.
-func (s *Service) push(ctx context.Context, auth events.AuthorityID, floor uint32, body []byte) ([]byte, error) {
+// push takes facts peer found this one lacks and hands them to this
+// peer's guard through INGRESS, each continuing the trace it carried.
+// Only the authority's facts are accepted here; the guard checks
+// signatures, tokens and rights. Facts before the session's floor are
+// dropped: that range is settled here, and may have been pruned.
+func (s *Service) push(ctx context.Context, peer events.PeerID, auth events.AuthorityID, floor uint32, body []byte) ([]byte, error) {
 	if len(body) > MaxPushBytes {
 		return nil, events.Errorf(events.ReasonTooLarge, "push is %d bytes, limit %d", len(body), MaxPushBytes)
 	}
@@ -337,8 +341,9 @@ func (s *Service) push(ctx context.Context, auth events.AuthorityID, floor uint3
 	if len(batch.Facts) > MaxFetch {
 		return nil, events.Errorf(events.ReasonTooLarge, "push carries %d facts, limit %d", len(batch.Facts), MaxFetch)
 	}
-	kept := batch.Facts[:0]
-	for _, sf := range batch.Facts {
+	var kept []*events.Fact
+	var traces []*eventsv1.TraceContext
+	for i, sf := range batch.Facts {
 		f, err := events.FactFromProto(sf)
 		if err != nil {
 			return nil, err
@@ -347,17 +352,17 @@ func (s *Service) push(ctx context.Context, auth events.AuthorityID, floor uint3
 			return nil, events.Errorf(events.ReasonMalformed, "pushed fact %s belongs to authority %s, not the session's %s", f.ID, f.Authority, auth)
 		}
 		if f.HLC.Seconds() >= floor {
-			kept = append(kept, sf)
+			kept = append(kept, f)
+			traces = append(traces, traceAt(&batch, i))
 		}
 	}
-	batch.Facts = kept
-	if len(batch.Facts) > 0 {
-		if err := s.toIngress(ctx, auth, &batch); err != nil {
+	if len(kept) > 0 {
+		if err := s.ingest(ctx, peer, auth, kept, traces, batch.Tokens); err != nil {
 			return nil, err
 		}
 	}
-	s.metrics.facts(ctx, "pushed_in", len(batch.Facts))
-	return json.Marshal(PushReply{Facts: len(batch.Facts)})
+	s.metrics.facts(ctx, "pushed_in", len(kept))
+	return json.Marshal(PushReply{Facts: len(kept)})
 }
 
 // status reports the peers, whether this peer initiates sessions for

@@ -35,9 +35,9 @@ import (
 	"github.com/factsync/factsync/services/antientropy/riblt"
 	"github.com/factsync/factsync/shared/bus"
 	"github.com/factsync/factsync/shared/service"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/proto"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 )
 
 // Name is the service's name and queue group.
@@ -219,6 +219,7 @@ type Service struct {
 	limits   *limiter // responder: per requesting device and site-wide
 	peers    *peerTable
 	metrics  *metrics
+	tracer   trace.Tracer
 }
 
 // factSet is one authority's facts: the reconciliation index and sketch,
@@ -252,7 +253,10 @@ func (s *Service) Streams() []jetstream.StreamConfig { return nil }
 // reads JOURNAL with an ordered consumer rather than a durable one: there
 // is no position worth keeping.
 func (s *Service) Run(ctx context.Context, env *service.Env) error {
-	s.env, s.log = env, env.Log
+	s.env, s.log, s.tracer = env, env.Log, env.Tracer
+	if s.tracer == nil {
+		s.tracer = tracenoop.NewTracerProvider().Tracer(Name)
+	}
 	creds := map[events.AuthorityID]Credential{}
 	if s.cfg.CredentialsDir != "" {
 		loaded, err := LoadCredentials(s.cfg.CredentialsDir)
@@ -411,10 +415,12 @@ func (s *Service) Root(auth events.AuthorityID) (negentropy.Accumulator, int) {
 }
 
 // batch reads facts back from JOURNAL and returns them with the tokens
-// they cite, each token once.
-func (s *Service) batch(ctx context.Context, auth events.AuthorityID, ids []events.FactID) (*eventsv1.FactBatch, error) {
+// they cite, each token once, and with the headers each fact was stored
+// with (for its trace).
+func (s *Service) batch(ctx context.Context, auth events.AuthorityID, ids []events.FactID) (*eventsv1.FactBatch, []storedFact, error) {
 	set := s.set(auth, false)
 	batch := &eventsv1.FactBatch{}
+	stored := make([]storedFact, 0, len(ids))
 	tokens := map[string]bool{}
 	for _, id := range ids {
 		var seq uint64
@@ -424,44 +430,29 @@ func (s *Service) batch(ctx context.Context, auth events.AuthorityID, ids []even
 			set.mu.RUnlock()
 		}
 		if seq == 0 {
-			return nil, events.Errorf(events.ReasonNotFound, "fact %s of authority %s is not on this peer", id, auth)
+			return nil, nil, events.Errorf(events.ReasonNotFound, "fact %s of authority %s is not on this peer", id, auth)
 		}
 		raw, err := s.journal.GetMsg(ctx, seq)
 		if err != nil {
-			return nil, events.Wrap(events.ReasonUnavailable, err, "read fact "+id.String()+" from JOURNAL")
+			return nil, nil, events.Wrap(events.ReasonUnavailable, err, "read fact "+id.String()+" from JOURNAL")
 		}
 		f, err := events.DecodeFact(raw.Data)
 		if err != nil {
-			return nil, events.Wrap(events.ReasonInternal, err, fmt.Sprintf("JOURNAL holds an undecodable fact at %d", seq))
+			return nil, nil, events.Wrap(events.ReasonInternal, err, fmt.Sprintf("JOURNAL holds an undecodable fact at %d", seq))
 		}
 		batch.Facts = append(batch.Facts, f.Proto())
+		stored = append(stored, storedFact{fact: f, header: raw.Header})
 		if th := f.TokenHash(); !tokens[th] {
 			tokens[th] = true
 			tok, err := s.journal.GetLastMsgForSubject(ctx, events.TokenSubject(auth, th))
 			if errors.Is(err, jetstream.ErrMsgNotFound) {
-				return nil, events.Errorf(events.ReasonNotFound, "token %s cited by fact %s is not in JOURNAL", th, id)
+				return nil, nil, events.Errorf(events.ReasonNotFound, "token %s cited by fact %s is not in JOURNAL", th, id)
 			}
 			if err != nil {
-				return nil, events.Wrap(events.ReasonUnavailable, err, "read token "+th)
+				return nil, nil, events.Wrap(events.ReasonUnavailable, err, "read token "+th)
 			}
 			batch.Tokens = append(batch.Tokens, tok.Data)
 		}
 	}
-	return batch, nil
-}
-
-// toIngress publishes a batch unchanged into this peer's INGRESS, where
-// the guard checks every fact as it would a client's.
-func (s *Service) toIngress(ctx context.Context, auth events.AuthorityID, batch *eventsv1.FactBatch) error {
-	b, err := proto.Marshal(batch)
-	if err != nil {
-		return events.Wrap(events.ReasonInternal, err, "encode fact batch")
-	}
-	m := nats.NewMsg(events.IngressFactSubject(auth))
-	m.Data = b
-	bus.InjectTrace(ctx, m.Header)
-	if _, err := s.env.JS.PublishMsg(ctx, m); err != nil {
-		return events.Wrap(events.ReasonUnavailable, err, "publish to INGRESS")
-	}
-	return nil
+	return batch, stored, nil
 }

@@ -39,6 +39,9 @@ type verdict struct {
 	// tokens holds, by hash, the tokens the accepted facts cite.
 	tokens  map[string][]byte
 	denials []*eventsv1.Denial
+	// traces holds, by hex FactID, the trace context the batch carries for
+	// a fact (FactBatch.traces), for facts that have one.
+	traces map[string]*eventsv1.TraceContext
 	// retry is set when a check could not run (the policy failed to
 	// evaluate, or the guard is stopping): the message must be decided
 	// again later, and nothing in this verdict may be recorded.
@@ -75,6 +78,14 @@ func (c *checker) check(ctx context.Context, subject string, data []byte, now ti
 		}
 	}
 	verifySignatures(facts, errs)
+	for i, f := range facts {
+		if tc := batch.traceOf(i); f != nil && tc != nil {
+			if v.traces == nil {
+				v.traces = map[string]*eventsv1.TraceContext{}
+			}
+			v.traces[f.ID.String()] = tc
+		}
+	}
 
 	type groupKey struct{ token, device, collection string }
 	groups := map[groupKey][]*events.Fact{}
@@ -206,6 +217,15 @@ type ingressBatch struct {
 	authority events.AuthorityID
 	facts     []*eventsv1.SignedFact
 	tokens    [][]byte
+	traces    []*eventsv1.TraceContext
+}
+
+// traceOf returns the trace context the batch carries for fact i, or nil.
+func (b *ingressBatch) traceOf(i int) *eventsv1.TraceContext {
+	if i < len(b.traces) && b.traces[i].GetTraceparent() != "" {
+		return b.traces[i]
+	}
+	return nil
 }
 
 // decodeBatch checks the message as a whole: its subject, size and shape.
@@ -228,7 +248,7 @@ func decodeBatch(subject string, data []byte) (*ingressBatch, error) {
 		return nil, events.Errorf(events.ReasonTooLarge, "batch holds %d facts and %d tokens, limits %d and %d",
 			len(fb.GetFacts()), len(fb.GetTokens()), events.MaxBatchFacts, MaxBatchTokens)
 	}
-	return &ingressBatch{authority: auth, facts: fb.GetFacts(), tokens: fb.GetTokens()}, nil
+	return &ingressBatch{authority: auth, facts: fb.GetFacts(), tokens: fb.GetTokens(), traces: fb.GetTraces()}, nil
 }
 
 // denial records a rejection for DENIED.

@@ -114,14 +114,22 @@ func (g *running) decide(ctx context.Context, group []jetstream.Msg) {
 			continue
 		}
 		decided = append(decided, m)
+		factTraces, factSpans := g.traceFacts(ctx, mctx, m.Subject(), v)
+		spans = append(spans, factSpans...)
+		traceOf := func(id string) nats.Header {
+			if h, ok := factTraces[id]; ok {
+				return h
+			}
+			return traceHeader
+		}
 		for _, f := range v.accepted {
-			accepted = append(accepted, journalEntry{fact: f, trace: traceHeader})
+			accepted = append(accepted, journalEntry{fact: f, trace: traceOf(f.ID.String())})
 		}
 		for h, t := range v.tokens {
 			tokens[h] = t
 		}
 		for _, d := range v.denials {
-			denials = append(denials, tracedDenial{denial: d, trace: traceHeader})
+			denials = append(denials, tracedDenial{denial: d, trace: traceOf(d.GetFactId())})
 		}
 		span.SetAttributes(decisionAttributes(m.Subject(), v)...)
 	}

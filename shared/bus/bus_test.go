@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,12 +15,14 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/factsync/factsync/events"
+	eventsv1 "github.com/factsync/factsync/events/v1"
 	"github.com/factsync/factsync/shared/bus"
 	"github.com/factsync/factsync/shared/bustest"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
+	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -296,6 +299,94 @@ func TestHeaderCarrierKeepsW3CCase(t *testing.T) {
 	}
 	if got := bus.ExtractTrace(context.Background(), nil); trace.SpanContextFromContext(got).IsValid() {
 		t.Fatal("nil header produced a span context")
+	}
+}
+
+// A trace context carried in a message body comes back as the same span
+// context, tracestate included, and baggage does not travel with it.
+func TestBodyTraceRoundTrip(t *testing.T) {
+	tp := sdktrace.NewTracerProvider()
+	ctx, span := tp.Tracer("t").Start(context.Background(), "op")
+	defer span.End()
+	state, err := trace.ParseTraceState("factsync=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := span.SpanContext().WithTraceState(state)
+	ctx = trace.ContextWithSpanContext(ctx, want)
+	member, _ := baggage.NewMember("user", "secret")
+	bag, _ := baggage.New(member)
+	ctx = baggage.ContextWithBaggage(ctx, bag)
+
+	tc := bus.BodyTrace(ctx)
+	if tc.GetTraceparent() == "" || tc.GetTracestate() != "factsync=1" {
+		t.Fatalf("body trace %v, want the span's traceparent and tracestate factsync=1", tc)
+	}
+	got := bus.ExtractBodyTrace(context.Background(), tc)
+	sc := trace.SpanContextFromContext(got)
+	if !sc.IsRemote() || sc.TraceID() != want.TraceID() || sc.SpanID() != want.SpanID() || !sc.IsSampled() || sc.TraceState().String() != "factsync=1" {
+		t.Fatalf("extracted %v, want remote %v", sc, want)
+	}
+	if baggage.FromContext(got).Len() != 0 {
+		t.Fatal("baggage crossed in the body trace")
+	}
+	for _, empty := range []*eventsv1.TraceContext{nil, {}, {Traceparent: "not a traceparent"}} {
+		if trace.SpanContextFromContext(bus.ExtractBodyTrace(context.Background(), empty)).IsValid() {
+			t.Fatalf("%v produced a span context", empty)
+		}
+	}
+	if bus.BodyTrace(context.Background()) != nil {
+		t.Fatal("a context without a span has a body trace")
+	}
+}
+
+// Items of one trace go together, in first-appearance order; items with
+// no context, a malformed one or an unsampled one form the first group,
+// with no context, and so does an item whose context is only the one of
+// the ctx it was extracted onto.
+func TestGroupByTrace(t *testing.T) {
+	sampled := sdktrace.NewTracerProvider().Tracer("t")
+	unsampled := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample())).Tracer("t")
+	ctxA, a := sampled.Start(context.Background(), "a")
+	ctxB, b := sampled.Start(context.Background(), "b")
+	ctxU, u := unsampled.Start(context.Background(), "u")
+	for _, s := range []trace.Span{a, b, u} {
+		s.End()
+	}
+	session, sess := sampled.Start(context.Background(), "session")
+	defer sess.End()
+	items := []*eventsv1.TraceContext{bus.BodyTrace(ctxA), nil, bus.BodyTrace(ctxB), bus.BodyTrace(ctxU), bus.BodyTrace(ctxA), {Traceparent: "00-garbage"}, {}}
+	bare := bus.WithoutSpan(session)
+	groups := bus.GroupByTrace(len(items)+1, func(i int) context.Context {
+		if i == len(items) {
+			return bare // an item past the carried list
+		}
+		return bus.ExtractBodyTrace(bare, items[i])
+	})
+	want := []struct {
+		span  trace.Span
+		items []int
+	}{{nil, []int{1, 3, 5, 6, 7}}, {a, []int{0, 4}}, {b, []int{2}}}
+	if len(groups) != len(want) {
+		t.Fatalf("%d groups, want %d: %+v", len(groups), len(want), groups)
+	}
+	for i, w := range want {
+		g := groups[i]
+		if !slices.Equal(g.Items, w.items) {
+			t.Errorf("group %d holds %v, want %v", i, g.Items, w.items)
+		}
+		if w.span == nil {
+			if g.Context != nil {
+				t.Errorf("group %d has a context, want none", i)
+			}
+			continue
+		}
+		if sc := trace.SpanContextFromContext(g.Context); !sc.IsRemote() || sc.SpanID() != w.span.SpanContext().SpanID() {
+			t.Errorf("group %d's context %v, want remote %v", i, sc, w.span.SpanContext())
+		}
+	}
+	if len(bus.GroupByTrace(0, nil)) != 0 {
+		t.Error("an empty batch has groups")
 	}
 }
 

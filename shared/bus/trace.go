@@ -4,8 +4,10 @@ import (
 	"context"
 	"strings"
 
+	eventsv1 "github.com/factsync/factsync/events/v1"
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Propagator is the trace-context format on the bus: W3C traceparent and
@@ -65,4 +67,91 @@ func ExtractTrace(ctx context.Context, h nats.Header) context.Context {
 		return ctx
 	}
 	return Propagator.Extract(ctx, HeaderCarrier(h))
+}
+
+// The W3C Trace Context header names, as Propagator writes them.
+const (
+	headerTraceparent = "traceparent"
+	headerTracestate  = "tracestate"
+)
+
+// BodyTrace returns ctx's trace context for a message body that carries
+// many items of many traces (eventsv1.FactBatch.Traces), or nil when ctx
+// has none. Baggage stays behind: an item's trace crosses to other peers,
+// the application's baggage should not.
+func BodyTrace(ctx context.Context) *eventsv1.TraceContext {
+	h := nats.Header{}
+	InjectTrace(ctx, h)
+	c := HeaderCarrier(h)
+	if c.Get(headerTraceparent) == "" {
+		return nil
+	}
+	return &eventsv1.TraceContext{Traceparent: c.Get(headerTraceparent), Tracestate: c.Get(headerTracestate)}
+}
+
+// ExtractBodyTrace is ExtractTrace for a trace context carried in a
+// message body: ctx carrying tc's remote span context, or ctx unchanged
+// when tc is nil, empty or malformed.
+func ExtractBodyTrace(ctx context.Context, tc *eventsv1.TraceContext) context.Context {
+	if tc.GetTraceparent() == "" {
+		return ctx
+	}
+	h := nats.Header{}
+	c := HeaderCarrier(h)
+	c.Set(headerTraceparent, tc.GetTraceparent())
+	if tc.GetTracestate() != "" {
+		c.Set(headerTracestate, tc.GetTracestate())
+	}
+	return ExtractTrace(ctx, h)
+}
+
+// WithoutSpan returns ctx, its deadline and values, without its span: the
+// context to extract a carried trace onto, so that an item carrying none
+// is not mistaken for one of ctx's trace.
+func WithoutSpan(ctx context.Context) context.Context {
+	return trace.ContextWithSpanContext(ctx, trace.SpanContext{})
+}
+
+// TraceGroup is the items of a batch that belong to one trace.
+type TraceGroup struct {
+	// Context carries the trace's remote span context; nil for the items
+	// without a sampled trace of their own.
+	Context context.Context
+	// Items are indexes into the batch, in batch order.
+	Items []int
+}
+
+// GroupByTrace splits a batch of n items (facts of many traces in one
+// message) by the trace each belongs to: contextOf(i) carries item i's
+// span context, extracted onto WithoutSpan. Groups keep first-appearance
+// order. Items whose context is missing, malformed or not sampled have
+// nothing to show in a trace of their own, so they form one group with a
+// nil Context, which comes first.
+func GroupByTrace(n int, contextOf func(i int) context.Context) []TraceGroup {
+	type spanKey struct {
+		trace trace.TraceID
+		span  trace.SpanID
+	}
+	groups := []TraceGroup{{}}
+	index := map[spanKey]int{}
+	for i := range n {
+		parent := contextOf(i)
+		sc := trace.SpanContextFromContext(parent)
+		if !sc.IsValid() || !sc.IsSampled() {
+			groups[0].Items = append(groups[0].Items, i)
+			continue
+		}
+		key := spanKey{sc.TraceID(), sc.SpanID()}
+		g, ok := index[key]
+		if !ok {
+			g = len(groups)
+			index[key] = g
+			groups = append(groups, TraceGroup{Context: parent})
+		}
+		groups[g].Items = append(groups[g].Items, i)
+	}
+	if len(groups[0].Items) == 0 {
+		return groups[1:]
+	}
+	return groups
 }
