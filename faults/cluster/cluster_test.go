@@ -63,6 +63,9 @@ func runNode(raw string) int {
 		fmt.Fprintf(os.Stderr, "node spec: %v\n", err)
 		return 2
 	}
+	// The server's own log starts only once it runs; these lines show
+	// how far a node that never answers got.
+	fmt.Fprintf(os.Stderr, "%s node %s: starting\n", time.Now().Format(time.TimeOnly), spec.Name)
 	users, err := natsauth.Apply(stack.RoleUsers()...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -80,6 +83,7 @@ func runNode(raw string) int {
 		return 1
 	}
 	ns.ConfigureLogger()
+	fmt.Fprintf(os.Stderr, "%s node %s: listening\n", time.Now().Format(time.TimeOnly), spec.Name)
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	ns.Shutdown()
 	ns.WaitForShutdown()
@@ -88,10 +92,11 @@ func runNode(raw string) int {
 
 // node is one node process.
 type node struct {
-	spec  nodeSpec
-	log   string // the node's stderr, appended across restarts
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
+	spec   nodeSpec
+	log    string // the node's stderr, appended across restarts
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	exited chan struct{} // closed once cmd has been reaped
 }
 
 func (n *node) start(t *testing.T) {
@@ -111,13 +116,28 @@ func (n *node) start(t *testing.T) {
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	n.exited = make(chan struct{})
+	go func(cmd *exec.Cmd, exited chan struct{}) {
+		_ = cmd.Wait()
+		close(exited)
+	}(n.cmd, n.exited)
 }
 
 // kill sends SIGKILL and reaps the process.
 func (n *node) kill() {
 	_ = n.cmd.Process.Signal(syscall.SIGKILL)
-	_ = n.cmd.Wait()
+	<-n.exited
 	_ = n.stdin.Close()
+}
+
+// state says whether the process runs, or how it ended.
+func (n *node) state() string {
+	select {
+	case <-n.exited:
+		return n.cmd.ProcessState.String()
+	default:
+		return "running"
+	}
 }
 
 // cluster is three node processes on loopback.
@@ -164,7 +184,7 @@ func (c *cluster) logs() string {
 	for _, n := range c.nodes {
 		raw, _ := os.ReadFile(n.log)
 		lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
-		fmt.Fprintf(&b, "--- node %s (last %d lines)\n%s\n", n.spec.Name, min(30, len(lines)), strings.Join(lines[max(0, len(lines)-30):], "\n"))
+		fmt.Fprintf(&b, "--- node %s, %s (last %d lines)\n%s\n", n.spec.Name, n.state(), min(30, len(lines)), strings.Join(lines[max(0, len(lines)-30):], "\n"))
 	}
 	return b.String()
 }

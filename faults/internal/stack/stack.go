@@ -358,13 +358,19 @@ func ReadJournal(ctx context.Context, t testing.TB, js jetstream.JetStream, auth
 // ReadStream returns every message stream holds on subjects matching
 // filter, in order. It reads until the consumer has nothing pending, not
 // until a fetch comes back empty: on a cluster a fetch is cut short when
-// the stream's leader changes.
+// the stream's leader changes. Each request has a timeout of its own and
+// is retried, since a cluster that is electing a leader drops requests
+// without an answer.
 func ReadStream(ctx context.Context, t testing.TB, js jetstream.JetStream, stream, filter string) []jetstream.Msg {
 	t.Helper()
-	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	var cons jetstream.Consumer
+	bustest.Eventually(t, time.Minute, func() bool {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		var err error
+		cons, err = js.OrderedConsumer(cctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
+		return err == nil
+	}, "a consumer on %s", stream)
 	var out []jetstream.Msg
 	for {
 		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(2*time.Second))
@@ -382,7 +388,9 @@ func ReadStream(ctx context.Context, t testing.TB, js jetstream.JetStream, strea
 			pending = meta.NumPending
 		}
 		if n == 0 {
-			info, err := cons.Info(ctx)
+			ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			info, err := cons.Info(ictx)
+			cancel()
 			if err != nil {
 				if ctx.Err() != nil {
 					t.Fatalf("reading %s: %v (%d messages read)", stream, err, len(out))
