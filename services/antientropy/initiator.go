@@ -227,8 +227,9 @@ func (s *Service) reconcileNegentropy(ctx context.Context, c *remoteCall, set *f
 func (s *Service) pull(ctx context.Context, c *remoteCall, need []events.FactID) error {
 	for len(need) > 0 {
 		n := min(len(need), s.cfg.BatchSize)
+		asking := need[:n]
 		ids, asked := make([]string, n), make(map[events.FactID]bool, n)
-		for i, id := range need[:n] {
+		for i, id := range asking {
 			ids[i], asked[id] = id.String(), true
 		}
 		need = need[n:]
@@ -252,6 +253,14 @@ func (s *Service) pull(ctx context.Context, c *remoteCall, need []events.FactID)
 		if len(kept) == 0 {
 			continue
 		}
+		// A reply holds what fits in one batch; ask again for the rest.
+		var rest []events.FactID
+		for _, id := range asking {
+			if asked[id] {
+				rest = append(rest, id)
+			}
+		}
+		need = append(rest, need...)
 		if err := s.ingest(ctx, c.peer, c.auth, kept, traces, batch.Tokens); err != nil {
 			return err
 		}
@@ -269,7 +278,7 @@ func (s *Service) pushTo(ctx context.Context, c *remoteCall, have []events.FactI
 		if err != nil {
 			return err
 		}
-		have = have[n:]
+		have = have[len(batch.Facts):]
 		end := s.traceOutgoing(ctx, spanPush, c.peer, c.auth, batch, stored)
 		body, err := proto.Marshal(batch)
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -375,4 +376,41 @@ func TestPeerRequestsCarryTheProtocolVersion(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("no anti-entropy request reached the other peer")
 	}
+}
+
+// Facts near the 64 KiB limit, 40 on each side, are 2.5 MB each way: more
+// than one INGRESS message or NATS payload may hold. Fetch replies and
+// pushes are cut to what fits (MaxBatchBytes), so the peers still
+// converge, pulling and pushing.
+func TestLargeFactsSyncInBatchesThatFitIngress(t *testing.T) {
+	d := newDevice(t, capability.Right{Collection: capability.AnyCollection, Op: capability.OpWrite}, capability.Right{Collection: capability.AnyCollection, Op: capability.OpSync})
+	_, peers := startMesh(t, d, syncRights(), syncRights())
+	a, b := peers[0], peers[1]
+	filler := strings.Repeat("x", 60<<10)
+	large := func(doc string, n int) *events.Fact {
+		th, _ := hex.DecodeString(events.TokenHash(d.token))
+		f, err := events.SignFact(d.key, &eventsv1.FactBody{
+			AuthorityKey: d.authPub, TokenHash: th, Collection: "notes", Document: doc,
+			Hlc: &eventsv1.HLC{WallMillis: uint64(time.Now().UnixMilli()), Logical: uint32(n)},
+			Op:  &eventsv1.FactBody_Put{Put: &eventsv1.Put{FieldsJson: fmt.Appendf(nil, `{"n":%d,"pad":%q}`, n, filler)}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	for i := range 8 {
+		var onA, onB []*events.Fact
+		for j := range 5 {
+			onA = append(onA, large(fmt.Sprintf("a%d", i*5+j), i*5+j))
+			onB = append(onB, large(fmt.Sprintf("b%d", i*5+j), i*5+j))
+		}
+		a.write(t, d, onA...)
+		b.write(t, d, onB...)
+	}
+	bustest.Eventually(t, 90*time.Second, func() bool {
+		_, na := a.svc.Root(d.auth())
+		_, nb := b.svc.Root(d.auth())
+		return na == 80 && nb == 80 && a.root(d.auth()) == b.root(d.auth())
+	}, "A and B to hold all 80 large facts")
 }

@@ -38,6 +38,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
+	"google.golang.org/protobuf/proto"
 )
 
 // Name is the service's name and queue group.
@@ -422,6 +423,7 @@ func (s *Service) batch(ctx context.Context, auth events.AuthorityID, ids []even
 	batch := &eventsv1.FactBatch{}
 	stored := make([]storedFact, 0, len(ids))
 	tokens := map[string]bool{}
+	size := 0
 	for _, id := range ids {
 		var seq uint64
 		if set != nil {
@@ -440,7 +442,12 @@ func (s *Service) batch(ctx context.Context, auth events.AuthorityID, ids []even
 		if err != nil {
 			return nil, nil, events.Wrap(events.ReasonInternal, err, fmt.Sprintf("JOURNAL holds an undecodable fact at %d", seq))
 		}
-		batch.Facts = append(batch.Facts, f.Proto())
+		fp := f.Proto()
+		size += proto.Size(fp) + batchEntryOverhead
+		if len(batch.Facts) > 0 && size > MaxBatchBytes {
+			break
+		}
+		batch.Facts = append(batch.Facts, fp)
 		stored = append(stored, storedFact{fact: f, header: raw.Header})
 		if th := f.TokenHash(); !tokens[th] {
 			tokens[th] = true
@@ -452,7 +459,12 @@ func (s *Service) batch(ctx context.Context, auth events.AuthorityID, ids []even
 				return nil, nil, events.Wrap(events.ReasonUnavailable, err, "read token "+th)
 			}
 			batch.Tokens = append(batch.Tokens, tok.Data)
+			size += len(tok.Data) + batchEntryOverhead
 		}
 	}
 	return batch, stored, nil
 }
+
+// batchEntryOverhead is an upper bound on the protobuf framing of one
+// fact or token in a FactBatch (tag and length).
+const batchEntryOverhead = 8

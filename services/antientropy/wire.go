@@ -58,8 +58,16 @@ const (
 	// MaxSymbols bounds the riblt symbols one request may ask for
 	// (MaxSymbols × 36 bytes ≈ 590 KB).
 	MaxSymbols = 1 << 14
-	// MaxPushBytes bounds one push's encoded batch.
-	MaxPushBytes = 4 << 20
+	// MaxBatchBytes bounds the facts and tokens of one fetch reply or
+	// push. The receiver publishes them into its INGRESS as one message,
+	// which may not pass events.MaxIngressMessage (1 MiB, also NATS's
+	// default max_payload); the rest is room for trace contexts and
+	// headers. A batch holds fewer than the ids asked for when they would
+	// not fit, and always at least one fact (a fact and its token are at
+	// most 80 KiB).
+	MaxBatchBytes = 768 << 10
+	// MaxPushBytes bounds one push's encoded batch: what fits in INGRESS.
+	MaxPushBytes = events.MaxIngressMessage
 )
 
 // OpenRequest opens a session on the authority in the subject.
