@@ -16,9 +16,11 @@ import (
 	"github.com/factsync/factsync/sdk/natsbackend"
 	"github.com/factsync/factsync/services/guard"
 	"github.com/factsync/factsync/services/journal"
+	"github.com/factsync/factsync/services/receipts"
 	"github.com/factsync/factsync/shared/bus"
 	"github.com/factsync/factsync/shared/capability"
 	"github.com/factsync/factsync/shared/runner"
+	"github.com/factsync/factsync/shared/service"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
@@ -44,16 +46,30 @@ type ingestResult struct {
 	// before ack, measured in the same run: the baseline.
 	RawAsyncPublishPerSec float64 `json:"raw_async_publish_per_sec"`
 	Ratio                 float64 `json:"ratio_to_raw"`
+	// Receipts is the receipt latency of every fact, with --receipts: the
+	// receipts service then runs beside guard and journal during the
+	// ingest, so FactsPerSec is the rate with it.
+	Receipts *receiptLatency `json:"receipts,omitempty"`
+}
+
+// ingestBench is what `factsync bench ingest` is asked to measure.
+type ingestBench struct {
+	Facts      int
+	FieldBytes int
+	Batch      int
+	// Receipts runs the receipts service too and measures when each
+	// fact's receipt became available.
+	Receipts bool
 }
 
 func newBenchIngest(g *globals) *cobra.Command {
-	var facts, size, batch int
+	var cfg ingestBench
 	cmd := &cobra.Command{
 		Use:   "ingest",
-		Short: "End-to-end signed facts per second, SDK publish to queryable, beside raw JetStream publishing",
+		Short: "End-to-end signed facts per second, SDK publish to queryable, beside raw JetStream publishing (--receipts: and each fact's receipt latency)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			res, err := benchIngest(cmd.Context(), facts, size, batch)
+			res, err := benchIngest(cmd.Context(), cfg)
 			if err != nil {
 				return err
 			}
@@ -61,13 +77,18 @@ func newBenchIngest(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().IntVar(&facts, "facts", 20000, "facts to write, each to its own document")
-	cmd.Flags().IntVar(&size, "size", 100, "bytes of field data per fact")
-	cmd.Flags().IntVar(&batch, "batch", 100, "facts per SDK write batch")
+	cmd.Flags().IntVar(&cfg.Facts, "facts", 20000, "facts to write, each to its own document")
+	cmd.Flags().IntVar(&cfg.FieldBytes, "size", 100, "bytes of field data per fact")
+	cmd.Flags().IntVar(&cfg.Batch, "batch", 100, "facts per SDK write batch")
+	cmd.Flags().BoolVar(&cfg.Receipts, "receipts", false, "run the receipts service too, and report how long after JOURNAL acceptance each fact's receipt was available")
 	return cmd
 }
 
-func benchIngest(ctx context.Context, facts, size, batch int) (ingestResult, error) {
+func benchIngest(ctx context.Context, cfg ingestBench) (ingestResult, error) {
+	facts, size, batch := cfg.Facts, cfg.FieldBytes, cfg.Batch
+	if facts <= 0 || size < 0 || batch <= 0 {
+		return ingestResult{}, usageErrorf("--facts and --batch must be positive and --size not negative")
+	}
 	res := ingestResult{Facts: facts, FieldBytes: size, BatchFacts: batch}
 	dir, cleanup, err := tempDir("factsync-bench-ingest-")
 	if err != nil {
@@ -88,8 +109,11 @@ func benchIngest(ctx context.Context, facts, size, batch int) (ingestResult, err
 	defer cancel()
 	peerPub, peerKey, _ := ed25519.GenerateKey(rand.Reader)
 	quiet := slog.New(slog.DiscardHandler)
-	r, err := runner.Start(ctx, runner.Config{Conn: nc, DataRoot: filepath.Join(dir, "services"), Peer: events.PeerIDOf(peerPub), PeerKey: peerKey, Logger: quiet},
-		guard.New(guard.Config{}), journal.New(journal.Config{}))
+	services := []service.Service{guard.New(guard.Config{}), journal.New(journal.Config{})}
+	if cfg.Receipts {
+		services = append(services, receipts.New(receipts.Config{}))
+	}
+	r, err := runner.Start(ctx, runner.Config{Conn: nc, DataRoot: filepath.Join(dir, "services"), Peer: events.PeerIDOf(peerPub), PeerKey: peerKey, Logger: quiet}, services...)
 	if err != nil {
 		return res, err
 	}
@@ -158,7 +182,21 @@ func benchIngest(ctx context.Context, facts, size, batch int) (ingestResult, err
 	res.Seconds = time.Since(start).Seconds()
 	res.FactsPerSec = float64(facts) / res.Seconds
 	res.Ratio = res.FactsPerSec / res.RawAsyncPublishPerSec
-	return res, nil
+	if !cfg.Receipts {
+		return res, nil
+	}
+	// Receipts are read on the whole authority, a right the writing
+	// device's token does not carry.
+	reader, err := capability.Mint(authKey, devPub, []capability.Right{{Collection: capability.AnyCollection, Op: capability.OpRead}}, time.Now().Add(time.Hour))
+	if err != nil {
+		return res, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return res, err
+	}
+	res.Receipts, err = measureReceiptLatency(ctx, js, newAPIClient(nc, authPub, reader), peerPub, facts)
+	return res, err
 }
 
 // writeConcurrently applies writes in batches from several goroutines, as

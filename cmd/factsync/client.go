@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -81,10 +82,16 @@ func openAPI(ctx context.Context, g *globals) (*apiClient, stackContext, error) 
 	if err != nil {
 		return nil, sc, err
 	}
+	return newAPIClient(nc, auth, token), sc, nil
+}
+
+// newAPIClient makes API requests on nc under token, for the authority
+// whose public key is auth.
+func newAPIClient(nc *nats.Conn, auth ed25519.PublicKey, token []byte) *apiClient {
 	h := nats.Header{}
 	h.Set(events.HeaderToken, base64.StdEncoding.EncodeToString(token))
 	h.Set(events.HeaderAuthorityKey, hex.EncodeToString(auth))
-	return &apiClient{nc: nc, authority: events.AuthorityIDOf(auth), header: h}, sc, nil
+	return &apiClient{nc: nc, authority: events.AuthorityIDOf(auth), header: h}
 }
 
 func (c *apiClient) Close() { c.nc.Close() }
