@@ -25,6 +25,19 @@ type receiptLatency struct {
 	// Checkpoints is how many signed checkpoints the receipts service
 	// published while covering them.
 	Checkpoints int `json:"checkpoints"`
+	// CheckpointGap* are the median and longest time between two of
+	// those checkpoints being stored: with a checkpoint every
+	// CheckpointInterval (500 ms), a fact waits half of it on average.
+	CheckpointGapP50Millis float64 `json:"checkpoint_gap_p50_ms"`
+	CheckpointGapMaxMillis float64 `json:"checkpoint_gap_max_ms"`
+	// NewestLeaf* are the latency of the last fact each checkpoint
+	// covers, median and longest over the checkpoints: that fact did not
+	// wait for the interval to come round, so this is the pipeline's own
+	// delay (the receipts service reading JOURNAL, appending with an
+	// fsync, signing, publishing with an fsync). A fact's latency is
+	// about this plus its wait for the next checkpoint.
+	NewestLeafP50Millis float64 `json:"newest_leaf_p50_ms"`
+	NewestLeafMaxMillis float64 `json:"newest_leaf_max_ms"`
 	// The latency of a fact runs from the JetStream timestamp of its
 	// JOURNAL message (stored, before the guard's ack, so never later
 	// than acceptance) to the RECEIPTS timestamp of the first checkpoint
@@ -88,6 +101,7 @@ func measureReceiptLatency(ctx context.Context, js jetstream.JetStream, client *
 	}
 
 	latencies := make([]time.Duration, 0, facts)
+	var newest []time.Duration // per checkpoint, the latency of its last leaf
 	spot := spotIndexes(facts, receiptSpotChecks)
 	spotIDs := make(map[int64]string, len(spot))
 	next := 0 // the first checkpoint that may cover the current leaf
@@ -106,7 +120,11 @@ func measureReceiptLatency(ctx context.Context, js jetstream.JetStream, client *
 		if next == len(checkpoints) {
 			return fmt.Errorf("no published checkpoint covers leaf %d", leaf)
 		}
-		latencies = append(latencies, checkpoints[next].stored.Sub(meta.Timestamp))
+		latency := checkpoints[next].stored.Sub(meta.Timestamp)
+		latencies = append(latencies, latency)
+		if leaf == checkpoints[next].size-1 {
+			newest = append(newest, latency)
+		}
 		if slices.Contains(spot, leaf) {
 			f, err := events.DecodeFact(m.Data())
 			if err != nil {
@@ -131,16 +149,32 @@ func measureReceiptLatency(ctx context.Context, js jetstream.JetStream, client *
 		}
 	}
 	res.Within1s = float64(within) / float64(facts)
-	slices.Sort(latencies)
-	at := func(p float64) float64 {
-		return float64(latencies[int(p*float64(len(latencies)-1))].Microseconds()) / 1000
-	}
+	at := quantiles(latencies)
 	res.MinMillis, res.P50Millis, res.P90Millis, res.P99Millis, res.MaxMillis = at(0), at(0.5), at(0.9), at(0.99), at(1)
+	pipeline := quantiles(newest)
+	res.NewestLeafP50Millis, res.NewestLeafMaxMillis = pipeline(0.5), pipeline(1)
+	if len(checkpoints) > 1 {
+		gaps := make([]time.Duration, 0, len(checkpoints)-1)
+		for i := 1; i < len(checkpoints); i++ {
+			gaps = append(gaps, checkpoints[i].stored.Sub(checkpoints[i-1].stored))
+		}
+		gap := quantiles(gaps)
+		res.CheckpointGapP50Millis, res.CheckpointGapMaxMillis = gap(0.5), gap(1)
+	}
 
 	if res.SpotChecked, err = checkReceipts(ctx, client, peerKey, spotIDs); err != nil {
 		return nil, err
 	}
 	return res, nil
+}
+
+// quantiles sorts ds and returns its nearest-rank quantiles in
+// milliseconds.
+func quantiles(ds []time.Duration) func(p float64) float64 {
+	slices.Sort(ds)
+	return func(p float64) float64 {
+		return float64(ds[int(p*float64(len(ds)-1))].Microseconds()) / 1000
+	}
 }
 
 // waitForCheckpoint waits until the last checkpoint published on RECEIPTS

@@ -48,6 +48,12 @@ func TestBenchIngestReportsReceiptLatency(t *testing.T) {
 			t.Fatalf("latencies are not positive and ordered min ≤ p50 ≤ p90 ≤ p99 ≤ max: %+v", *r)
 		}
 	}
+	if r.Checkpoints > 1 && (r.CheckpointGapP50Millis <= 0 || r.CheckpointGapP50Millis > r.CheckpointGapMaxMillis) {
+		t.Errorf("checkpoint gaps: median %v ms, longest %v ms", r.CheckpointGapP50Millis, r.CheckpointGapMaxMillis)
+	}
+	if r.NewestLeafP50Millis <= 0 || r.NewestLeafP50Millis > r.NewestLeafMaxMillis || r.NewestLeafMaxMillis > r.MaxMillis {
+		t.Errorf("the newest leaf of each checkpoint waited a median %v ms, at most %v ms, beside a longest latency of %v ms", r.NewestLeafP50Millis, r.NewestLeafMaxMillis, r.MaxMillis)
+	}
 	switch {
 	case r.Within1s < 0 || r.Within1s > 1:
 		t.Errorf("within_1s %v is not a share", r.Within1s)
