@@ -192,7 +192,7 @@ func TestCrashKillNineDuringIngest(t *testing.T) {
 		}
 		info, err := st.Info(ctx)
 		return err == nil && info.State.Msgs == 0
-	}, "INGRESS drained by the guard")
+	}, "INGRESS drained by the guard (%v); server log:\n%s", lazy(func() string { return ingressState(ctx, js) }), &s.log)
 
 	t.Logf("INGRESS drained after %s", time.Since(began).Round(time.Millisecond))
 	stored := stack.ReadJournal(ctx, t, js, auth)
@@ -269,4 +269,30 @@ func reportDenials(ctx context.Context, t *testing.T, js jetstream.JetStream, ac
 		}
 	}
 	t.Logf("DENIED on the lost facts: %v (empty: DENIED has none of them)", reasons)
+}
+
+// ingressState describes what INGRESS and the guard's consumer hold.
+func ingressState(ctx context.Context, js jetstream.JetStream) string {
+	st, err := js.Stream(ctx, events.StreamIngress)
+	if err != nil {
+		return err.Error()
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return err.Error()
+	}
+	out := fmt.Sprintf("INGRESS holds %d messages, seq %d..%d", info.State.Msgs, info.State.FirstSeq, info.State.LastSeq)
+	for name := range st.ConsumerNames(ctx).Name() {
+		c, err := st.Consumer(ctx, name)
+		if err != nil {
+			continue
+		}
+		ci, err := c.Info(ctx)
+		if err != nil {
+			continue
+		}
+		out += fmt.Sprintf("; consumer %s: pending %d, ack pending %d, redelivered %d, waiting %d, ack floor %d",
+			name, ci.NumPending, ci.NumAckPending, ci.NumRedelivered, ci.NumWaiting, ci.AckFloor.Stream)
+	}
+	return out
 }
