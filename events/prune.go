@@ -30,6 +30,18 @@ const (
 // right on the authority) again.
 const GuardOpPrune = "prune"
 
+// GuardOpVerify checks the device signature of every fact of an
+// eventsv1.FactBatch of the authority (ServiceSubject(GuardProto,
+// GuardOpVerify, auth)) and answers GuardVerifyReply, or the first failure
+// with its reason. A restore asks it before loading a snapshot, so each
+// signature is verified once, by the guard that will load the fact.
+const GuardOpVerify = "verify"
+
+// GuardVerifyReply counts the facts whose signatures verified.
+type GuardVerifyReply struct {
+	Verified int `json:"verified"`
+}
+
 // SnapshotPruneRequest asks the snapshot service to prune the authority.
 type SnapshotPruneRequest struct {
 	Collection string `json:"collection"` // always "*"

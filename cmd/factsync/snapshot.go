@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/factsync/factsync/events"
-	"github.com/factsync/factsync/services/snapshot"
+	"github.com/factsync/factsync/services/snapshot/bench"
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 )
@@ -231,13 +231,13 @@ func shortSnapshot(id string) string {
 }
 
 func newBenchBootstrap(g *globals) *cobra.Command {
-	var cfg snapshot.BenchConfig
+	var cfg bench.Config
 	cmd := &cobra.Command{
 		Use:   "bootstrap",
-		Short: "A new peer converging from a snapshot against replaying every fact, in one run",
+		Short: "A new peer converging from a snapshot against one replaying every fact through anti-entropy, in one run",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			res, err := snapshot.Bench(cmd.Context(), cfg)
+			res, err := bench.Run(cmd.Context(), cfg)
 			if err != nil {
 				return err
 			}

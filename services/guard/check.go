@@ -31,6 +31,9 @@ type checker struct {
 	policy   *policyHolder
 	rates    *rateWindows
 	maxSkew  time.Duration
+	// signatures are the facts whose signatures verified (verified.go);
+	// nil verifies every signature every time.
+	signatures *signatureCache
 }
 
 // verdict is what the checker decided about one INGRESS message.
@@ -77,7 +80,7 @@ func (c *checker) check(ctx context.Context, subject string, data []byte, now ti
 			errs[i] = events.Errorf(events.ReasonMalformed, "fact of authority %s published on %s", facts[i].Authority, subject)
 		}
 	}
-	verifySignatures(facts, errs)
+	c.verifySignatures(facts, errs)
 	for i, f := range facts {
 		if tc := batch.traceOf(i); f != nil && tc != nil {
 			if v.traces == nil {

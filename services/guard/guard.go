@@ -87,9 +87,10 @@ func (c Config) withDefaults() Config {
 
 // Service is the guard.
 type Service struct {
-	cfg      Config
-	verifier *capability.Verifier
-	policy   *policyHolder
+	cfg        Config
+	verifier   *capability.Verifier
+	policy     *policyHolder
+	signatures *signatureCache
 }
 
 var _ service.Service = (*Service)(nil)
@@ -98,9 +99,10 @@ var _ service.Service = (*Service)(nil)
 func New(cfg Config) *Service {
 	cfg = cfg.withDefaults()
 	return &Service{
-		cfg:      cfg,
-		verifier: capability.NewVerifier(cfg.MaxCachedTokens),
-		policy:   &policyHolder{dir: cfg.PolicyDir},
+		cfg:        cfg,
+		verifier:   capability.NewVerifier(cfg.MaxCachedTokens),
+		policy:     &policyHolder{dir: cfg.PolicyDir},
+		signatures: newSignatureCache(),
 	}
 }
 
@@ -153,6 +155,8 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 			policy:   s.policy,
 			rates:    newRateWindows(s.cfg.RateWindow),
 			maxSkew:  s.cfg.MaxClockSkew,
+			// One guard process keeps one cache, whatever its runs.
+			signatures: s.signatures,
 		},
 		journal:     newJournalWriter(env.Conn, env.JS, journal, s.cfg.MaxAtomicBatch),
 		revocations: revocations,
@@ -167,7 +171,11 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	if err != nil {
 		return err
 	}
-	subs = append(subs, pruneSub)
+	verifySub, err := g.serveVerify(ctx)
+	if err != nil {
+		return err
+	}
+	subs = append(subs, pruneSub, verifySub)
 	defer func() {
 		for _, sub := range subs {
 			_ = sub.Drain()

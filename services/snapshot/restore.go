@@ -154,6 +154,12 @@ type Restorer struct {
 	Settled func(context.Context, events.AuthorityID) (uint32, error)
 	// Progress, when set, receives every progress report.
 	Progress func(events.SnapshotProgress)
+	// CheckSignatures, when set, checks the device signatures of a
+	// snapshot's facts before anything is loaded, in place of checking
+	// them here: the service has the local guard do it (guardVerify), which
+	// remembers them, so the guard that loads the facts does not verify
+	// each signature a second time.
+	CheckSignatures func(context.Context, events.AuthorityID, []*events.Fact) error
 	// SettleTimeout bounds the wait for the guard to accept every loaded
 	// fact; default 2 minutes.
 	SettleTimeout time.Duration
@@ -224,7 +230,11 @@ func (r *Restorer) Restore(ctx context.Context, src Source, auth events.Authorit
 		report(events.SnapshotPhaseFetching, int64(len(content)), info.ContentSize)
 	}
 	report(events.SnapshotPhaseVerifying, 0, 1)
-	v, err := Verify(auth, info.Manifest, info.Signatures, content, r.Policy(auth))
+	checkSignatures := verifySignatures
+	if r.CheckSignatures != nil {
+		checkSignatures = func(facts []*events.Fact) error { return r.CheckSignatures(ctx, auth, facts) }
+	}
+	v, err := verify(auth, info.Manifest, info.Signatures, content, r.Policy(auth), checkSignatures)
 	if err != nil {
 		return nil, err
 	}
@@ -243,18 +253,46 @@ func (r *Restorer) Restore(ctx context.Context, src Source, auth events.Authorit
 	for _, b := range batches[:start] {
 		loaded += int64(len(b.GetFacts()))
 	}
-	for i := start; i < len(batches); i++ {
-		if err := r.publish(ctx, auth, v.ID, i, batches[i]); err != nil {
-			return nil, err
+	// Up to loadWindow batches travel at once, so the guard always has
+	// the next one; the marker counts the leading batches INGRESS acked.
+	var inflight []jetstream.PubAckFuture
+	acked := func() error {
+		f := inflight[0]
+		inflight = inflight[1:]
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return events.Wrap(events.ReasonUnavailable, err, fmt.Sprintf("load batch %d of the snapshot into INGRESS", marker.Published))
+		case <-ctx.Done():
+			return ctx.Err()
 		}
+		i := marker.Published
 		loaded += int64(len(batches[i].GetFacts()))
 		marker.Published = i + 1
 		if err := r.mark(ctx, auth, &marker); err != nil {
-			return nil, err
+			return err
 		}
 		report(events.SnapshotPhaseLoading, loaded, total)
 		if r.afterBatch != nil {
 			r.afterBatch(i)
+		}
+		return nil
+	}
+	for i := start; i < len(batches); i++ {
+		f, err := r.publish(ctx, auth, v.ID, i, batches[i])
+		if err != nil {
+			return nil, err
+		}
+		inflight = append(inflight, f)
+		if len(inflight) == loadWindow {
+			if err := acked(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for len(inflight) > 0 {
+		if err := acked(); err != nil {
+			return nil, err
 		}
 	}
 	if err := r.settle(ctx, auth, v, func(done int64) { report(events.SnapshotPhaseSettling, done, total) }); err != nil {
@@ -303,17 +341,21 @@ func loadBatches(c *Content, maxFacts int) []*eventsv1.FactBatch {
 	return out
 }
 
-// publish puts batch i of snapshot id into INGRESS, named so that a
-// repeat within INGRESS's duplicate window is dropped.
-func (r *Restorer) publish(ctx context.Context, auth events.AuthorityID, id string, i int, b *eventsv1.FactBatch) error {
+// loadWindow is how many INGRESS batches a restore has in flight.
+const loadWindow = 4
+
+// publish sends batch i of snapshot id to INGRESS without waiting for the
+// ack, named so that a repeat within INGRESS's duplicate window is dropped.
+func (r *Restorer) publish(ctx context.Context, auth events.AuthorityID, id string, i int, b *eventsv1.FactBatch) (jetstream.PubAckFuture, error) {
 	m := nats.NewMsg(events.IngressFactSubject(auth))
 	m.Header.Set(events.HeaderMsgID, fmt.Sprintf("snapshot:%s:%d", id, i))
 	bus.InjectTrace(ctx, m.Header)
 	m.Data, _ = proto.Marshal(b)
-	if _, err := r.JS.PublishMsg(ctx, m); err != nil {
-		return events.Wrap(events.ReasonUnavailable, err, fmt.Sprintf("load batch %d of the snapshot into INGRESS", i))
+	f, err := r.JS.PublishMsgAsync(m)
+	if err != nil {
+		return nil, events.Wrap(events.ReasonUnavailable, err, fmt.Sprintf("load batch %d of the snapshot into INGRESS", i))
 	}
-	return nil
+	return f, nil
 }
 
 // settle waits until JOURNAL holds every fact of the snapshot: only the
@@ -349,7 +391,11 @@ func (r *Restorer) settle(ctx context.Context, auth events.AuthorityID, v *Verif
 			if err != nil {
 				return
 			}
-			if f, err := events.DecodeFact(m.Data()); err == nil {
+			// The guard names each fact's message by its id; only a
+			// message named otherwise (a prune's copy) is decoded.
+			if id, err := events.ParseFactID(m.Headers().Get(events.HeaderMsgID)); err == nil {
+				arrived <- id
+			} else if f, err := events.DecodeFact(m.Data()); err == nil {
 				arrived <- f.ID
 			}
 		}
@@ -386,6 +432,44 @@ func (r *Restorer) mark(ctx context.Context, auth events.AuthorityID, m *events.
 	b, _ := json.Marshal(m)
 	if _, err := r.Markers.Put(ctx, string(auth), b); err != nil {
 		return events.Wrap(events.ReasonUnavailable, err, "write the restore marker")
+	}
+	return nil
+}
+
+// guardVerify has the local guard check the facts' device signatures, in
+// batches under the message size limits; a fact that fails is reported
+// with the guard's reason. Without a guard to ask it checks them here.
+func (s *Service) guardVerify(ctx context.Context, auth events.AuthorityID, facts []*events.Fact) error {
+	for from := 0; from < len(facts); {
+		batch := &eventsv1.FactBatch{}
+		size := 0
+		for _, f := range facts[from:min(from+events.MaxBatchFacts, len(facts))] {
+			n := len(f.Body) + len(f.Signature) + 16
+			if size+n > maxLoadBytes && len(batch.Facts) > 0 {
+				break
+			}
+			size += n
+			batch.Facts = append(batch.Facts, f.Proto())
+		}
+		m := nats.NewMsg(events.ServiceSubject(events.GuardProto, events.GuardOpVerify, auth))
+		bus.InjectTrace(ctx, m.Header)
+		m.Data, _ = proto.Marshal(batch)
+		rctx, cancel := context.WithTimeout(ctx, time.Minute)
+		resp, err := s.env.Conn.RequestMsgWithContext(rctx, m)
+		cancel()
+		switch {
+		case errors.Is(err, nats.ErrNoResponders):
+			return verifySignatures(facts[from:])
+		case err != nil:
+			return events.Wrap(events.ReasonUnavailable, err, "have the guard check the snapshot's signatures")
+		}
+		if resp.Header.Get(events.HeaderReason) != "" {
+			if e := events.DecodeError(resp.Data); e != nil {
+				return e
+			}
+			return events.Errorf(events.Reason(resp.Header.Get(events.HeaderReason)), "%s", resp.Data)
+		}
+		from += len(batch.Facts)
 	}
 	return nil
 }

@@ -207,7 +207,7 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	s.mu.Lock()
 	s.env, s.log, s.objects, s.pruned = env, evlog, objects[0], kvs[3]
 	s.fence = NewFence(kvs[0], env.Clock, s.cfg.Lease, env.Peer)
-	s.restore = &Restorer{JS: env.JS, Markers: kvs[1], Clock: env.Clock, Policy: s.Policy, Settled: s.settledCut, SettleTimeout: s.cfg.SettleTimeout}
+	s.restore = &Restorer{JS: env.JS, Markers: kvs[1], Clock: env.Clock, Policy: s.Policy, Settled: s.settledCut, CheckSignatures: s.guardVerify, SettleTimeout: s.cfg.SettleTimeout}
 	s.mu.Unlock()
 
 	journal, err := env.JS.CreateOrUpdateConsumer(ctx, events.StreamJournal, jetstream.ConsumerConfig{
@@ -248,18 +248,31 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	return s.campaign(ctx, kvs[2], journal)
 }
 
-// count notes one new fact of its authority for the triggers.
+// count notes one new fact of its authority for the triggers. The
+// authority comes from the subject; only an authority's first fact is
+// decoded, for its key.
 func (s *Service) count(m jetstream.Msg) {
-	f, err := events.DecodeFact(m.Data())
+	addr, err := events.ParseJournalSubject(m.Subject())
 	if err != nil {
 		return
 	}
 	s.mu.Lock()
+	if st := s.auths[addr.Authority]; st != nil {
+		st.pending++
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	f, err := events.DecodeFact(m.Data())
+	if err != nil || f.Authority != addr.Authority {
+		return
+	}
+	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.auths[f.Authority]
+	st := s.auths[addr.Authority]
 	if st == nil {
 		st = &authState{key: f.AuthorityKey(), lastMade: s.env.Clock.Now()}
-		s.auths[f.Authority] = st
+		s.auths[addr.Authority] = st
 	}
 	st.pending++
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/factsync/factsync/events"
 	"github.com/factsync/factsync/services/antientropy/negentropy"
 	"github.com/factsync/factsync/services/antientropy/riblt"
+	"github.com/factsync/factsync/shared/cpuclock"
 )
 
 // Options says what to measure.
@@ -152,7 +153,7 @@ func runNegentropy(a, b *negentropy.Index, frameLimit int, onlyA, onlyB []events
 	var p Protocol
 	var have, need []events.FactID
 	var err error
-	cpu := startCPU()
+	cpu := cpuclock.Start()
 	a.View(func(sa negentropy.Storage) {
 		b.View(func(sb negentropy.Storage) {
 			var in *negentropy.Initiator
@@ -178,7 +179,7 @@ func runNegentropy(a, b *negentropy.Index, frameLimit int, onlyA, onlyB []events
 			}
 		})
 	})
-	p.CPUSeconds = cpu.seconds()
+	p.CPUSeconds = cpu.Seconds()
 	if err != nil {
 		p.Error = err.Error()
 	}
@@ -192,7 +193,7 @@ func runNegentropy(a, b *negentropy.Index, frameLimit int, onlyA, onlyB []events
 func runRIBLT(a, b *riblt.Sketch, onlyA, onlyB []events.FactID) Protocol {
 	var p Protocol
 	var err error
-	cpu := startCPU()
+	cpu := cpuclock.Start()
 	dec := riblt.NewDecoder(b)
 	for n := dec.NextBatch(); n > 0 && err == nil; n = dec.NextBatch() {
 		from := dec.Received()
@@ -205,7 +206,7 @@ func runRIBLT(a, b *riblt.Sketch, onlyA, onlyB []events.FactID) Protocol {
 		p.RoundTrips++
 		err = dec.AddSymbols(symbols)
 	}
-	p.CPUSeconds = cpu.seconds()
+	p.CPUSeconds = cpu.Seconds()
 	if err != nil {
 		p.Error = err.Error()
 	}
