@@ -239,26 +239,10 @@ func startTracedPeer(t *testing.T, hub *mesh.Hub, i int, name string, key ed2551
 	nc := bustest.Connect(t, ns.ClientURL(), nats.CustomInboxPrefix(hub.InboxPrefix(i)))
 	p := &tracedPeer{name: name, id: events.PeerIDOf(pub), url: ns.ClientURL(), nc: nc, tel: tel}
 	p.sync = antientropy.New(antientropy.Config{Credentials: creds, SyncInterval: -1, SketchSize: 4096})
-	ctx, cancel := context.WithCancel(context.Background())
-	r, err := runner.Start(ctx, runner.Config{
+	bustest.RunServices(t, runner.Config{
 		Conn: p.nc, DataRoot: t.TempDir(), Telemetry: tel, Peer: p.id, PeerKey: key,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, guard.New(guard.Config{}), journal.New(journal.Config{}), receipts.New(receipts.Config{}), p.sync)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := r.Wait(); err != nil {
-			t.Errorf("peer %s: %v", name, err)
-		}
-	})
-	select {
-	case <-r.Ready():
-	case <-time.After(30 * time.Second):
-		t.Fatalf("peer %s not ready: %+v", name, r.Status())
-	}
 	return p
 }
 

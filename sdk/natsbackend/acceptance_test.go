@@ -26,28 +26,12 @@ func startStack(t *testing.T, extra ...service.Service) *bustest.Harness {
 	t.Helper()
 	h := bustest.Start(t, bus.EmbeddedConfig{LazySync: true})
 	peerPub, peerKey, _ := ed25519.GenerateKey(rand.Reader)
-	ctx, cancel := context.WithCancel(context.Background())
-	r, err := runner.Start(ctx, runner.Config{
+	bustest.RunServices(t, runner.Config{
 		Conn:     h.Conn,
 		DataRoot: t.TempDir(),
 		Peer:     events.PeerIDOf(peerPub),
 		PeerKey:  peerKey,
 	}, append([]service.Service{guard.New(guard.Config{}), journal.New(journal.Config{})}, extra...)...)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := r.Wait(); err != nil {
-			t.Errorf("services: %v", err)
-		}
-	})
-	select {
-	case <-r.Ready():
-	case <-time.After(30 * time.Second):
-		t.Fatalf("services not ready: %+v", r.Status())
-	}
 	return h
 }
 

@@ -89,8 +89,7 @@ func startPeerClients(t *testing.T, n int) sdktest.Peers {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		r, err := runner.Start(ctx, runner.Config{
+		bustest.RunServices(t, runner.Config{
 			Conn: servicesConn, ServiceConns: map[string]*nats.Conn{guard.Name: guardConn},
 			DataRoot: t.TempDir(), Peer: ids[i], PeerKey: peerKeys[i],
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -101,21 +100,6 @@ func startPeerClients(t *testing.T, n int) sdktest.Peers {
 			PresenceInterval: meshPresenceInterval,
 			RequestTimeout:   5 * time.Second,
 		}))
-		if err != nil {
-			cancel()
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			cancel()
-			if err := r.Wait(); err != nil {
-				t.Errorf("peer %d services: %v", i, err)
-			}
-		})
-		select {
-		case <-r.Ready():
-		case <-time.After(30 * time.Second):
-			t.Fatalf("peer %d services not ready: %+v", i, r.Status())
-		}
 		statusConns = append(statusConns, servicesConn)
 
 		devicePub, deviceKey, _ := ed25519.GenerateKey(rand.Reader)

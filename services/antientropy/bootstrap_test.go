@@ -63,25 +63,10 @@ func startSnapshotPeer(t *testing.T, hub *mesh.Hub, i int, d *device, key ed2551
 		PeerRate:         1000, PeerBurst: 1000,
 	})
 	snap := snapshot.New(snapshot.Config{EveryFacts: -1, EveryTime: -1, Default: snapshot.Policy{Threshold: 1, Peers: approvers}})
-	ctx, cancel := context.WithCancel(context.Background())
-	run, err := runner.Start(ctx, runner.Config{
+	bustest.RunServices(t, runner.Config{
 		Conn: nc, DataRoot: t.TempDir(), Peer: events.PeerIDOf(pub), PeerKey: key,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, guard.New(guard.Config{}), snap, svc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := run.Wait(); err != nil {
-			t.Errorf("runner %d: %v", i, err)
-		}
-	})
-	select {
-	case <-run.Ready():
-	case <-time.After(30 * time.Second):
-		t.Fatalf("peer %d not ready in 30s", i)
-	}
 	return &snapshotPeer{meshPeer: &meshPeer{name: string(rune('A' + i)), id: events.PeerIDOf(pub), nc: nc, js: js, svc: svc}, snap: snap}
 }
 

@@ -82,25 +82,10 @@ func startMesh(t *testing.T, d *device, rights ...[]capability.Right) (*mesh.Hub
 			RequestTimeout:   2 * time.Second,
 			PeerRate:         1000, PeerBurst: 1000,
 		})
-		ctx, cancel := context.WithCancel(context.Background())
-		run, err := runner.Start(ctx, runner.Config{
+		bustest.RunServices(t, runner.Config{
 			Conn: nc, DataRoot: t.TempDir(), Peer: events.PeerIDOf(pub), PeerKey: key,
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		}, guard.New(guard.Config{}), svc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			cancel()
-			if err := run.Wait(); err != nil {
-				t.Errorf("runner %d: %v", i, err)
-			}
-		})
-		select {
-		case <-run.Ready():
-		case <-time.After(30 * time.Second):
-			t.Fatalf("peer %d not ready in 30s", i)
-		}
 		peers[i] = &meshPeer{name: string(rune('A' + i)), id: events.PeerIDOf(pub), nc: nc, js: js, svc: svc}
 	}
 	return hub, peers

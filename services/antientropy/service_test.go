@@ -38,25 +38,10 @@ func startPeer(t *testing.T) peerStack {
 	t.Helper()
 	h := bustest.Start(t, bus.EmbeddedConfig{})
 	pub, key, _ := ed25519.GenerateKey(rand.Reader)
-	ctx, cancel := context.WithCancel(context.Background())
-	r, err := runner.Start(ctx, runner.Config{
+	bustest.RunServices(t, runner.Config{
 		Conn: h.Conn, DataRoot: t.TempDir(), Peer: events.PeerIDOf(pub), PeerKey: key,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, guard.New(guard.Config{}), antientropy.New(antientropy.Config{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := r.Wait(); err != nil {
-			t.Errorf("runner: %v", err)
-		}
-	})
-	select {
-	case <-r.Ready():
-	case <-time.After(30 * time.Second):
-		t.Fatal("peer not ready in 30s")
-	}
 	return peerStack{h: h, peer: events.PeerIDOf(pub)}
 }
 

@@ -96,26 +96,10 @@ func startOTAMesh(t *testing.T, f fleet, clk clock.Clock) (*mesh.Hub, []*meshSit
 			Authority: releaseAuthority, Root: root, Stage: true, Tick: time.Minute,
 			Coordinator: coordinator, Credential: site.cred, RequestTimeout: 5 * time.Second,
 		})
-		ctx, cancel := context.WithCancel(context.Background())
-		run, err := runner.Start(ctx, runner.Config{
+		bustest.RunServices(t, runner.Config{
 			Conn: site.nc, DataRoot: site.dataDir, Peer: site.id, PeerKey: key, Clock: clk,
 			Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelError})),
 		}, guard.New(guard.Config{RequestTimeout: 10 * time.Second}), site.svc)
-		if err != nil {
-			cancel()
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			cancel()
-			if err := run.Wait(); err != nil {
-				t.Errorf("peer %d: %v", i, err)
-			}
-		})
-		select {
-		case <-run.Ready():
-		case <-time.After(patience):
-			t.Fatalf("peer %d not ready: %+v", i, run.Status())
-		}
 		if site.gate, err = events.WatchProtocol(t.Context(), site.js); err != nil {
 			t.Fatal(err)
 		}

@@ -105,8 +105,7 @@ func StartServices(t testing.TB, url string, replicas int, cfg guard.Config) *St
 	}
 	peerPub, peerKey, _ := ed25519.GenerateKey(rand.Reader)
 	s.Peer = events.PeerIDOf(peerPub)
-	ctx, cancel := context.WithCancel(context.Background())
-	r, err := runner.Start(ctx, runner.Config{
+	r := bustest.RunServices(t, runner.Config{
 		Conn:           servicesConn,
 		ServiceConns:   map[string]*nats.Conn{guard.Name: guardConn},
 		StreamReplicas: replicas,
@@ -115,21 +114,6 @@ func StartServices(t testing.TB, url string, replicas int, cfg guard.Config) *St
 		PeerKey:        peerKey,
 		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, guard.New(cfg), journal.New(journal.Config{}))
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := r.Wait(); err != nil {
-			t.Errorf("services: %v", err)
-		}
-	})
-	select {
-	case <-r.Ready():
-	case <-time.After(30 * time.Second):
-		t.Fatalf("services not ready: %+v", r.Status())
-	}
 	s.Runner = r
 	return s
 }
