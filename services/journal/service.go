@@ -297,30 +297,8 @@ func (r *run) consume(ctx context.Context, cons jetstream.Consumer) error {
 	if err != nil {
 		return fmt.Errorf("journal: consume JOURNAL: %w", err)
 	}
-	incoming := make(chan jetstream.Msg)
-	stop := make(chan struct{})
-	var nextErr error // set before incoming is closed
-	go func() {
-		defer close(incoming)
-		for {
-			m, err := msgs.Next()
-			if err != nil {
-				nextErr = err
-				return
-			}
-			select {
-			case incoming <- m:
-			case <-stop:
-				return
-			}
-		}
-	}()
-	defer func() {
-		close(stop)
-		msgs.Stop()
-		for range incoming { // unblock the reader
-		}
-	}()
+	incoming := bus.Deliver(msgs, r.cfg.BatchSize)
+	defer incoming.Stop()
 	// A reader that finds JOURNAL empty past its start has caught up.
 	r.parts.folded(r.parts.attached(), r.caughtUp(ctx, cons), 0)
 	batch := make([]jetstream.Msg, 0, r.cfg.BatchSize)
@@ -331,16 +309,16 @@ func (r *run) consume(ctx context.Context, cons jetstream.Consumer) error {
 			return nil
 		case <-r.parts.rewind:
 			return errRewind
-		case m, ok := <-incoming:
+		case m, ok := <-incoming.C:
 			if !ok {
 				if ctx.Err() != nil {
 					return nil
 				}
-				return fmt.Errorf("journal: JOURNAL consumer stopped: %w", nextErr)
+				return fmt.Errorf("journal: JOURNAL consumer stopped: %w", incoming.Err())
 			}
 			batch = append(batch, m)
 		}
-		batch = bus.TakeReady(batch, incoming, cap(batch))
+		batch = bus.TakeReady(batch, incoming.C, cap(batch))
 		r.foldBatch(ctx, batch)
 	}
 }

@@ -516,3 +516,62 @@ func TestEmbeddedClusterNeedsNames(t *testing.T) {
 		}
 	}
 }
+
+// A batch loop busy committing must find the next messages already waiting,
+// so a backlog is committed in batches, not one message at a time.
+func TestDeliveryGathersABatchWhileTheLoopIsBusy(t *testing.T) {
+	ctx := ctxT(t)
+	h := bustest.Start(t, bus.EmbeddedConfig{})
+	if err := bus.Provision(ctx, h.JS, testStream("BACKLOG", "backlog.>")); err != nil {
+		t.Fatal(err)
+	}
+	const n = 10
+	for i := range n {
+		if _, err := h.JS.Publish(ctx, "backlog.x", fmt.Appendf(nil, "m-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cons, err := h.JS.OrderedConsumer(ctx, "BACKLOG", jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	iter, err := cons.Messages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := bus.Deliver(iter, n)
+	defer d.Stop()
+
+	// The loop is "busy" until the backlog has gathered in the buffer.
+	bustest.Eventually(t, 10*time.Second, func() bool { return len(d.C) == n }, "the backlog to gather in the buffer")
+	batch := bus.TakeReady([]jetstream.Msg{<-d.C}, d.C, n)
+	if len(batch) != n {
+		t.Fatalf("one receive and TakeReady took %d messages, want the whole backlog of %d", len(batch), n)
+	}
+	for i, m := range batch {
+		if want := fmt.Sprintf("m-%d", i); string(m.Data()) != want {
+			t.Fatalf("message %d is %q, want %q", i, m.Data(), want)
+		}
+	}
+}
+
+func TestDeliveryStopsCleanly(t *testing.T) {
+	ctx := ctxT(t)
+	h := bustest.Start(t, bus.EmbeddedConfig{})
+	if err := bus.Provision(ctx, h.JS, testStream("STOPS", "stops.>")); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := h.JS.OrderedConsumer(ctx, "STOPS", jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	iter, err := cons.Messages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := bus.Deliver(iter, 1)
+	d.Stop() // with nothing delivered: must not block; goleak checks the goroutine ended
+	if _, open := <-d.C; open {
+		t.Fatal("C still open after Stop")
+	}
+}
