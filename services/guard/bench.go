@@ -181,7 +181,7 @@ func benchCheck(ctx context.Context, subject string, batches [][]byte, now time.
 	start := time.Now()
 	for _, b := range batches {
 		t0 := time.Now()
-		v := c.check(ctx, subject, b, now)
+		v := c.check(ctx, subject, b, now, delivery{})
 		latencies = append(latencies, time.Since(t0))
 		if len(v.denials) > 0 {
 			return 0, nil, fmt.Errorf("guard bench: a valid fact was denied: %s: %s", v.denials[0].GetReason(), v.denials[0].GetDetail())

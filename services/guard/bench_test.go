@@ -36,7 +36,7 @@ func BenchmarkCheck(b *testing.B) {
 	c := newTestChecker(b)
 	i := 0
 	for b.Loop() {
-		if v := c.check(ctx, subject, batches[i%len(batches)], now); len(v.denials) > 0 {
+		if v := c.check(ctx, subject, batches[i%len(batches)], now, delivery{}); len(v.denials) > 0 {
 			b.Fatal(v.denials[0])
 		}
 		i++

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"sync"
 	"time"
@@ -34,6 +35,57 @@ type checker struct {
 	// signatures are the facts whose signatures verified (verified.go);
 	// nil verifies every signature every time.
 	signatures *signatureCache
+	// tokenDeadlines bound the wall time of a token's datalog, growing
+	// with each delivery of the message; the zero value is the default.
+	tokenDeadlines tokenDeadlines
+}
+
+// delivery is what INGRESS says about the delivery of a message. The zero
+// value is a first delivery that arrived when it is decided.
+type delivery struct {
+	// arrived is when INGRESS stored the message (the server's
+	// timestamp). The policy's rate windows count facts by it, so a
+	// backlog decided at once, after a restart, is judged at the rate it
+	// arrived at and not at the rate the guard drains it.
+	arrived time.Time
+	// attempt is which delivery this is, 1 for the first.
+	attempt uint64
+}
+
+// tokenDeadlines bound the wall time of a token's datalog by delivery
+// (docs/guard.md, "Transient failures"). The bound is wall time, so a
+// starved process runs past it for no fault of the token: a timeout is a
+// retry, and only a timeout at the last deadline, after several
+// deliveries a retry delay apart, denies the token as too costly.
+type tokenDeadlines struct {
+	first, last time.Duration // zero: defaultFirstTokenDeadline, defaultLastTokenDeadline
+}
+
+const (
+	defaultFirstTokenDeadline = capability.DefaultEvalDeadline
+	// defaultLastTokenDeadline is reached on the sixth delivery (0.1, 0.2,
+	// 0.4, 0.8, 1.6, 3.2 s). An honest token's datalog takes tens of
+	// microseconds.
+	defaultLastTokenDeadline = 32 * defaultFirstTokenDeadline
+)
+
+// forAttempt returns the deadline of the given delivery (1 for the first)
+// and whether it is the last, doubling the first up to the last. A
+// deadline that has passed already (negative, in tests) does not grow.
+func (d tokenDeadlines) forAttempt(attempt uint64) (deadline time.Duration, last bool) {
+	first, lastDeadline := d.first, d.last
+	if first == 0 {
+		first = defaultFirstTokenDeadline
+	}
+	if lastDeadline == 0 {
+		lastDeadline = defaultLastTokenDeadline
+	}
+	deadline = first
+	for i := uint64(1); i < attempt && deadline > 0 && deadline < lastDeadline; i++ {
+		deadline *= 2
+	}
+	deadline = min(deadline, lastDeadline)
+	return deadline, deadline >= lastDeadline
 }
 
 // verdict is what the checker decided about one INGRESS message.
@@ -56,7 +108,10 @@ type verdict struct {
 // authority, naming its device, granting write on its collection, not
 // expired, not revoked), clock skew, policy. Facts that share a token,
 // device and collection are authorised together.
-func (c *checker) check(ctx context.Context, subject string, data []byte, now time.Time) verdict {
+func (c *checker) check(ctx context.Context, subject string, data []byte, now time.Time, at delivery) verdict {
+	if at.arrived.IsZero() {
+		at.arrived = now
+	}
 	var v verdict
 	deny := func(err error, f *events.Fact, payload []byte) {
 		v.denials = append(v.denials, denial(subject, err, f, payload, now))
@@ -115,11 +170,11 @@ func (c *checker) check(ctx context.Context, subject string, data []byte, now ti
 	for _, k := range order {
 		facts := groups[k]
 		token := tokens[k.token]
-		err := c.verifyToken(token, k.token, facts[0], now)
+		err := c.verifyToken(token, k.token, facts[0], now, at.attempt)
 		for _, f := range facts {
 			ferr := err
 			if ferr == nil {
-				ferr = c.checkFact(ctx, subject, f, now)
+				ferr = c.checkFact(ctx, subject, f, now, at.arrived)
 			}
 			if transient(ferr) {
 				return verdict{retry: ferr}
@@ -177,26 +232,32 @@ func transient(err error) bool {
 }
 
 // verifyToken checks that token grants f's device write on f's
-// collection.
-func (c *checker) verifyToken(token []byte, hash string, f *events.Fact, now time.Time) error {
+// collection, within the datalog deadline of this delivery.
+func (c *checker) verifyToken(token []byte, hash string, f *events.Fact, now time.Time, attempt uint64) error {
 	if token == nil {
 		return events.Errorf(events.ReasonBadToken, "token %.12s cited by the fact is not in the batch", hash)
 	}
+	deadline, last := c.tokenDeadlines.forAttempt(attempt)
 	_, err := c.verifier.Verify(token, capability.Request{
-		Authority: f.AuthorityKey(),
-		Device:    f.DeviceKey(),
-		Right:     capability.Right{Collection: f.Collection(), Op: capability.OpWrite},
-		Now:       now,
+		Authority:    f.AuthorityKey(),
+		Device:       f.DeviceKey(),
+		Right:        capability.Right{Collection: f.Collection(), Op: capability.OpWrite},
+		Now:          now,
+		EvalDeadline: deadline,
 	})
+	if last && errors.Is(err, capability.ErrEvalTimeout) {
+		return events.Wrap(events.ReasonBadToken, err, fmt.Sprintf("token %.12s is too costly to evaluate (delivery %d)", hash, attempt))
+	}
 	return err
 }
 
-// checkFact runs the per-fact checks that follow the token.
-func (c *checker) checkFact(ctx context.Context, subject string, f *events.Fact, now time.Time) error {
+// checkFact runs the per-fact checks that follow the token; arrived is
+// when INGRESS stored the fact's message.
+func (c *checker) checkFact(ctx context.Context, subject string, f *events.Fact, now, arrived time.Time) error {
 	if limit := now.Add(c.maxSkew); f.HLC.Time().After(limit) {
 		return events.Errorf(events.ReasonClockSkew, "fact %s has hlc %s, more than %s after this peer's clock", f.ID, f.HLC, c.maxSkew)
 	}
-	count, window := c.rates.next(f.Authority, now)
+	count, window := c.rates.next(f.Authority, arrived)
 	in := PolicyInput{
 		Kind:          "fact",
 		Subject:       subject,

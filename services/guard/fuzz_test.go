@@ -48,7 +48,7 @@ func FuzzCheck(f *testing.F) {
 	c := newTestChecker(f)
 	subject := events.IngressFactSubject(d.auth())
 	f.Fuzz(func(t *testing.T, data []byte) {
-		v := c.check(context.Background(), subject, data, testNow)
+		v := c.check(context.Background(), subject, data, testNow, delivery{})
 		if v.retry != nil {
 			t.Fatalf("the shipped policy could not decide: %v", v.retry)
 		}

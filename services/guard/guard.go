@@ -91,6 +91,8 @@ type Service struct {
 	verifier   *capability.Verifier
 	policy     *policyHolder
 	signatures *signatureCache
+	// tokenDeadlines is the zero value (the defaults) but in tests.
+	tokenDeadlines tokenDeadlines
 }
 
 var _ service.Service = (*Service)(nil)
@@ -156,7 +158,8 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 			rates:    newRateWindows(s.cfg.RateWindow),
 			maxSkew:  s.cfg.MaxClockSkew,
 			// One guard process keeps one cache, whatever its runs.
-			signatures: s.signatures,
+			signatures:     s.signatures,
+			tokenDeadlines: s.tokenDeadlines,
 		},
 		journal:     newJournalWriter(env.Conn, env.JS, journal, s.cfg.MaxAtomicBatch),
 		revocations: revocations,

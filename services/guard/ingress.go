@@ -104,7 +104,7 @@ func (g *running) decide(ctx context.Context, group []jetstream.Msg) {
 		traceHeader := nats.Header{}
 		bus.InjectTrace(mctx, traceHeader)
 
-		v := g.check.check(mctx, m.Subject(), m.Data(), start)
+		v := g.check.check(mctx, m.Subject(), m.Data(), start, deliveryOf(m))
 		if v.retry != nil {
 			if ctx.Err() == nil {
 				g.log.Error("cannot decide an INGRESS message; it will be redelivered", "subject", m.Subject(), "err", v.retry)
@@ -170,6 +170,16 @@ func (g *running) decide(ctx context.Context, group []jetstream.Msg) {
 		reasons[i] = events.Reason(d.denial.GetReason())
 	}
 	g.metrics.record(ctx, "fact", len(accepted), reasons, g.env.Clock.Now().Sub(start))
+}
+
+// deliveryOf reads a message's arrival time and delivery count from its
+// metadata; a message without them counts as a first delivery arriving now.
+func deliveryOf(m jetstream.Msg) delivery {
+	meta, err := m.Metadata()
+	if err != nil {
+		return delivery{}
+	}
+	return delivery{arrived: meta.Timestamp, attempt: meta.NumDelivered}
 }
 
 // tracedDenial is a denial with the trace context of its INGRESS message.

@@ -3,6 +3,7 @@ package capability_test
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -131,6 +132,40 @@ func TestVerify(t *testing.T) {
 	if _, err := v.Verify(token, capability.Request{Authority: otherAuthPub, Right: req("notes:write", now).Right, Now: now}); !events.IsReason(err, events.ReasonBadToken) {
 		t.Fatalf("verify against another authority = %v, want bad_token", err)
 	}
+}
+
+// TestEvaluationPastDeadlineIsUnavailable: the datalog deadline is wall
+// time, which a starved process misses for no fault of the token. Running
+// past it must say unavailable (try again), whether the token is new to
+// the verifier (reading its device) or cached (authorizing the request),
+// and never a verdict on the token such as token_expired, no_right or
+// bad_token. A deadline that has passed already (negative) makes every
+// evaluation time out.
+func TestEvaluationPastDeadlineIsUnavailable(t *testing.T) {
+	authPub, authPriv := keys(t)
+	devPub, _ := keys(t)
+	token := mint(t, authPriv, devPub, now.Add(time.Hour), "notes:write")
+	right := rights(t, "notes:write")[0]
+	req := capability.Request{Authority: authPub, Device: devPub, Right: right, Now: now, EvalDeadline: -1}
+
+	v := capability.NewVerifier(0)
+	check := func(what string) {
+		t.Helper()
+		_, err := v.Verify(token, req)
+		if !events.IsReason(err, events.ReasonUnavailable) || !errors.Is(err, capability.ErrEvalTimeout) {
+			t.Fatalf("%s: Verify past the deadline = %v (reason %q), want unavailable wrapping ErrEvalTimeout", what, err, events.ReasonOf(err))
+		}
+	}
+	check("token new to the verifier")
+	if v.Cached() != 0 {
+		t.Fatal("a token whose device could not be read in time was cached")
+	}
+	ok := req
+	ok.EvalDeadline = 0
+	if _, err := v.Verify(token, ok); err != nil {
+		t.Fatalf("Verify with the default deadline: %v", err)
+	}
+	check("cached token")
 }
 
 func TestRevokeEvictsAndCoversAttenuations(t *testing.T) {

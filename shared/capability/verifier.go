@@ -28,15 +28,45 @@ func mustParse[T any](v T, err error) T {
 	return v
 }
 
-// datalogLimits bound the evaluation of one token. biscuit-go's default
-// deadline is 2ms of wall time, which a busy machine misses for no fault of
-// the token; the fact and iteration limits bound the work, and the longer
-// deadline only stops a token that is hostile by construction.
-var datalogLimits = biscuit.WithWorldOptions(
-	datalog.WithMaxDuration(100*time.Millisecond),
-	datalog.WithMaxFacts(1000),
-	datalog.WithMaxIterations(100),
-)
+// DefaultEvalDeadline bounds the wall time of one token's datalog when the
+// Request names no deadline. biscuit-go's own default is 2ms, which a busy
+// machine misses for no fault of the token.
+const DefaultEvalDeadline = 100 * time.Millisecond
+
+// ErrEvalTimeout is wrapped by Verify's error when the token's datalog did
+// not finish within the request's EvalDeadline. The deadline is wall time,
+// so a starved process misses it for no fault of the token: Verify reports
+// it as unavailable (try again), never as a verdict on the token. Only a
+// caller that has given the evaluation ample time, more than once, may
+// blame the token for it.
+var ErrEvalTimeout = errors.New("token's datalog did not finish in time")
+
+// datalogLimits bound the evaluation of one token. The fact and iteration
+// limits bound the work and fail the same way every time, so they are the
+// token's fault; the deadline stops only a token whose rules are costly by
+// construction, and fails only as ErrEvalTimeout.
+func datalogLimits(deadline time.Duration) biscuit.AuthorizerOption {
+	if deadline == 0 {
+		deadline = DefaultEvalDeadline
+	}
+	return biscuit.WithWorldOptions(
+		datalog.WithMaxDuration(deadline),
+		datalog.WithMaxFacts(1000),
+		datalog.WithMaxIterations(100),
+	)
+}
+
+// evalError turns a run of the token's datalog that hit its deadline into
+// a transient error wrapping ErrEvalTimeout, and leaves other errors alone.
+func evalError(err error, deadline time.Duration) error {
+	if !errors.Is(err, datalog.ErrWorldRunLimitTimeout) {
+		return err
+	}
+	if deadline == 0 {
+		deadline = DefaultEvalDeadline
+	}
+	return events.Wrap(events.ReasonUnavailable, ErrEvalTimeout, "the evaluation ran past "+deadline.String())
+}
 
 // Request is what a token must allow.
 type Request struct {
@@ -50,6 +80,10 @@ type Request struct {
 	Right Right
 	// Now is the verifier's time, from its injected clock.
 	Now time.Time
+	// EvalDeadline bounds the wall time of the token's datalog; zero means
+	// DefaultEvalDeadline. A negative deadline has passed already, so
+	// every evaluation times out (tests use it).
+	EvalDeadline time.Duration
 }
 
 // Grant describes a token that allowed a request.
@@ -100,7 +134,9 @@ func NewVerifier(maxCached int) *Verifier {
 // Verify checks, in this order, that token is rooted at req.Authority,
 // names req.Device, grants req.Right and has not expired at req.Now, and
 // that none of its revocation ids is revoked. Errors carry the reasons
-// bad_token, wrong_device, no_right, token_expired and token_revoked.
+// bad_token, wrong_device, no_right, token_expired and token_revoked, or
+// unavailable when the evaluation ran past req.EvalDeadline (the error
+// then wraps ErrEvalTimeout).
 func (v *Verifier) Verify(token []byte, req Request) (Grant, error) {
 	if req.Now.IsZero() {
 		return Grant{}, events.Errorf(events.ReasonInternal, "capability: verify without a time")
@@ -109,7 +145,7 @@ func (v *Verifier) Verify(token []byte, req Request) (Grant, error) {
 		return Grant{}, err
 	}
 	hash := events.TokenHash(token)
-	vt, err := v.rooted(hash, token, req.Authority)
+	vt, err := v.rooted(hash, token, req.Authority, req.EvalDeadline)
 	if err != nil {
 		return Grant{}, err
 	}
@@ -117,9 +153,17 @@ func (v *Verifier) Verify(token []byte, req Request) (Grant, error) {
 		return Grant{}, events.Errorf(events.ReasonWrongDevice, "token %.12s names device %s, not %s",
 			hash, events.DeviceIDOf(vt.device), events.DeviceIDOf(req.Device))
 	}
-	if err := authorize(vt, req.Right, req.Now); err != nil {
-		if authorize(vt, req.Right, time.Unix(0, 0)) == nil {
+	if err := authorize(vt, req.Right, req.Now, req.EvalDeadline); err != nil {
+		if errors.Is(err, ErrEvalTimeout) {
+			return Grant{}, err
+		}
+		// Would the token allow it at the beginning of time? Then only
+		// an expiry check stands in the way.
+		switch err := authorize(vt, req.Right, time.Unix(0, 0), req.EvalDeadline); {
+		case err == nil:
 			return Grant{}, events.Errorf(events.ReasonTokenExpired, "token %.12s has expired", hash)
+		case errors.Is(err, ErrEvalTimeout):
+			return Grant{}, err
 		}
 		return Grant{}, events.Wrap(events.ReasonNoRight, err, "token "+hash[:12]+" does not grant "+req.Right.String())
 	}
@@ -131,7 +175,7 @@ func (v *Verifier) Verify(token []byte, req Request) (Grant, error) {
 
 // rooted returns the decoded token once its signature chain has verified
 // against root, from the cache when it has before.
-func (v *Verifier) rooted(hash string, token []byte, root ed25519.PublicKey) (*verifiedToken, error) {
+func (v *Verifier) rooted(hash string, token []byte, root ed25519.PublicKey, deadline time.Duration) (*verifiedToken, error) {
 	v.mu.RLock()
 	vt := v.verified[hash]
 	v.mu.RUnlock()
@@ -151,8 +195,11 @@ func (v *Verifier) rooted(hash string, token []byte, root ed25519.PublicKey) (*v
 	if _, err := b.Authorizer(root); err != nil {
 		return nil, events.Wrap(events.ReasonBadToken, err, "token "+hash[:12]+" is not rooted at authority "+string(events.AuthorityIDOf(root)))
 	}
-	device, err := namedDevice(b)
+	device, err := namedDevice(b, deadline)
 	if err != nil {
+		if errors.Is(err, datalog.ErrWorldRunLimitTimeout) {
+			return nil, evalError(err, deadline)
+		}
 		return nil, err
 	}
 	vt = &verifiedToken{token: b, root: bytes.Clone(root), auth: events.AuthorityIDOf(root), device: device, ids: revocationIDs(b)}
@@ -171,13 +218,16 @@ func (v *Verifier) rooted(hash string, token []byte, root ed25519.PublicKey) (*v
 }
 
 // namedDevice returns the one device key the authority block names.
-func namedDevice(b *biscuit.Biscuit) (ed25519.PublicKey, error) {
-	a, err := biscuit.NewVerifier(b, datalogLimits)
+func namedDevice(b *biscuit.Biscuit, deadline time.Duration) (ed25519.PublicKey, error) {
+	a, err := biscuit.NewVerifier(b, datalogLimits(deadline))
 	if err != nil {
 		return nil, events.Wrap(events.ReasonBadToken, err, "read token")
 	}
 	_ = a.Authorize() // loads the authority block; its verdict is irrelevant here
 	facts, err := a.Query(deviceQuery)
+	if errors.Is(err, datalog.ErrWorldRunLimitTimeout) {
+		return nil, err // the caller reports it as a timeout, not as the token's fault
+	}
 	if err != nil {
 		return nil, events.Wrap(events.ReasonBadToken, err, "read token's device")
 	}
@@ -192,8 +242,8 @@ func namedDevice(b *biscuit.Biscuit) (ed25519.PublicKey, error) {
 }
 
 // authorize runs the token's datalog with the request's ambient facts.
-func authorize(vt *verifiedToken, right Right, now time.Time) error {
-	a, err := biscuit.NewVerifier(vt.token, datalogLimits)
+func authorize(vt *verifiedToken, right Right, now time.Time, deadline time.Duration) error {
+	a, err := biscuit.NewVerifier(vt.token, datalogLimits(deadline))
 	if err != nil {
 		return err
 	}
@@ -208,7 +258,10 @@ func authorize(vt *verifiedToken, right Right, now time.Time) error {
 	a.AddCheck(deviceCheck)
 	a.AddPolicy(allowPolicy)
 	err = a.Authorize()
-	if errors.Is(err, datalog.ErrWorldRunLimitTimeout) || errors.Is(err, datalog.ErrWorldRunLimitMaxFacts) || errors.Is(err, datalog.ErrWorldRunLimitMaxIterations) {
+	if errors.Is(err, datalog.ErrWorldRunLimitTimeout) {
+		return evalError(err, deadline)
+	}
+	if errors.Is(err, datalog.ErrWorldRunLimitMaxFacts) || errors.Is(err, datalog.ErrWorldRunLimitMaxIterations) {
 		return events.Wrap(events.ReasonBadToken, err, "token's datalog exceeds the evaluation limits")
 	}
 	return err
