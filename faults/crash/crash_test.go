@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -47,12 +48,17 @@ func buildFactsync(t *testing.T) string {
 type server struct {
 	bin, data string
 	port      int
-	cmd       *exec.Cmd
 	log       bytes.Buffer
+
+	mu     sync.Mutex // held while the process is started, killed or stalled
+	cmd    *exec.Cmd
+	stalls int
 }
 
 func (s *server) start(t *testing.T) {
 	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.cmd = exec.Command(s.bin, "serve", "guard", "journal", "receipts", "--data", s.data,
 		"--nats-port", fmt.Sprint(s.port), "--http", "127.0.0.1:0", "--log-level", "warn")
 	s.cmd.Stdout, s.cmd.Stderr = &s.log, &s.log
@@ -63,8 +69,37 @@ func (s *server) start(t *testing.T) {
 
 // kill sends SIGKILL and reaps the process.
 func (s *server) kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	_ = s.cmd.Process.Signal(syscall.SIGKILL)
 	_ = s.cmd.Wait()
+}
+
+// stallLength is how long each stall freezes the process: longer than the
+// guard's first token deadline (100 ms), as a machine at a load average of
+// 19 on two cores can leave a process unscheduled.
+const stallLength = 150 * time.Millisecond
+
+// stallUntil freezes the process (SIGSTOP, then SIGCONT after
+// stallLength) at random intervals until done is closed. A frozen process
+// does no work while wall-clock deadlines inside it run out, which is
+// what an overloaded machine does to it. The sleeps here are the fault,
+// not synchronisation.
+func (s *server) stallUntil(done <-chan struct{}, rng *mrand.Rand) {
+	for {
+		select {
+		case <-done:
+			return
+		case <-time.After(stallLength + time.Duration(rng.Int64N(int64(4*stallLength)))):
+		}
+		s.mu.Lock()
+		if s.cmd.Process.Signal(syscall.SIGSTOP) == nil {
+			time.Sleep(stallLength)
+			_ = s.cmd.Process.Signal(syscall.SIGCONT)
+			s.stalls++
+		}
+		s.mu.Unlock()
+	}
 }
 
 // connect waits for the server and connects as role's user from the
@@ -95,7 +130,8 @@ func (s *server) connect(t *testing.T, role natsauth.Role) *nats.Conn {
 // The guard, journal and receipts process is killed with SIGKILL at
 // random points while a client ingests facts, the guard writes them to
 // JOURNAL and the receipts service appends them to its log, and restarted
-// each time. Once INGRESS is drained, every fact whose INGRESS publish was
+// each time; until INGRESS is drained it is also frozen (SIGSTOP) for
+// stallLength at random, as an overloaded machine does. Once INGRESS is drained, every fact whose INGRESS publish was
 // acknowledged is in JOURNAL exactly once, the journal's documents equal
 // the fold of those facts, and the receipts log is JOURNAL's facts in
 // order (checkReceiptsLog).
@@ -114,6 +150,12 @@ func TestCrashKillNineDuringIngest(t *testing.T) {
 	t.Logf("built factsync in %s", time.Since(began).Round(time.Millisecond))
 	s.start(t)
 	t.Cleanup(s.kill)
+	// The process is also frozen now and then until INGRESS is drained.
+	stallsDone := make(chan struct{})
+	var stalling sync.WaitGroup
+	stalling.Go(func() { s.stallUntil(stallsDone, mrand.New(mrand.NewPCG(seed, 3))) })
+	stopStalls := sync.OnceFunc(func() { close(stallsDone); stalling.Wait() })
+	t.Cleanup(stopStalls)
 	d := stack.NewDevice(t)
 	auth := d.Authority()
 
@@ -194,7 +236,8 @@ func TestCrashKillNineDuringIngest(t *testing.T) {
 		return err == nil && info.State.Msgs == 0
 	}, "INGRESS drained by the guard (%v); server log:\n%s", lazy(func() string { return ingressState(ctx, js) }), &s.log)
 
-	t.Logf("INGRESS drained after %s", time.Since(began).Round(time.Millisecond))
+	stopStalls()
+	t.Logf("INGRESS drained after %s; the process was frozen %d times for %s", time.Since(began).Round(time.Millisecond), s.stalls, stallLength)
 	stored := stack.ReadJournal(ctx, t, js, auth)
 	t.Run("journal", func(t *testing.T) {
 		seen := map[events.FactID]int{}
