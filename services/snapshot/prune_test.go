@@ -47,11 +47,11 @@ func request(t *testing.T, nc *nats.Conn, subject string, w *writer, token []byt
 }
 
 // documents asks the peer's journal, through its guard, for every document
-// of the history's collections, deleted ones included.
+// of the collections tests write, deleted ones included.
 func (p *peer) documents(t *testing.T, w *writer) map[string]events.Document {
 	t.Helper()
 	out := map[string]events.Document{}
-	for _, coll := range []string{"notes", "tasks"} {
+	for _, coll := range []string{"notes", "tasks", "late"} {
 		req := events.QueryRequest{Selection: events.Selection{Collection: coll, Deleted: events.IncludeDeleted}, Limit: 1000}
 		for {
 			var reply events.QueryReply
@@ -344,4 +344,92 @@ func TestPruneIsRefusedWithoutAuthority(t *testing.T) {
 	if pruned.Facts == 0 || p.journalFacts(auth) != uint64(len(history))-pruned.Facts {
 		t.Fatalf("pruned %+v; JOURNAL holds %d of %d facts", pruned, p.journalFacts(auth), len(history))
 	}
+}
+
+// TestJournalDownDuringAPruneRebuildsItsDocuments: a journal replica
+// checkpoints part of the history and stops; the rest arrives, the peer
+// snapshots and prunes while the journal is down, so facts it never folded
+// are gone from JOURNAL. Restarted, it answers the documents of the whole
+// history, whether the message its checkpoint ends at was purged (it
+// folds JOURNAL from the start: the facts that stay fold to the same
+// documents) or kept (it resumes after it and never sees the removed
+// facts, which the documents do not need: the fold is a join).
+func TestJournalDownDuringAPruneRebuildsItsDocuments(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// lastAfterCut ends the first part with a fact of a collection
+		// that has nothing before the cut, so no prune touches the
+		// checkpoint's message.
+		lastAfterCut bool
+	}{{"checkpoint message purged", false}, {"checkpoint message kept", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(35, 35))
+			clk := clock.NewFake(testNow)
+			w := newWriter(t, rng)
+			history := w.history(t, rng, 600, 20)
+			cut := history[450].HLC.Seconds()
+			first := history[:200:200]
+			if tc.lastAfterCut {
+				first = append(first, w.fact(t, "late", "l", testNow.Add(-time.Minute), 0, map[string]any{"n": 1}))
+			}
+			p := startPeer(t, rng, clk, selfApproved)
+			journalDir := t.TempDir()
+			stopJournal := p.start(journal.New(journal.Config{}), clock.Real{}, journalDir)
+			t.Cleanup(func() { stopJournal() })
+
+			early := fold.New()
+			for _, f := range first {
+				early.Apply(f)
+			}
+			p.ingest(w, first)
+			bustest.Eventually(t, 30*time.Second, func() bool { return sameDocuments(p.documents(t, w), foldedDocuments(early)) }, "the journal folds the first part")
+			checkpointSeq := p.journalLastSeq()
+			stopJournal() // checkpoints at checkpointSeq
+
+			p.ingest(w, history[200:])
+			ctx, auth := testCtx(t), w.auth()
+			if info, err := p.snap.Create(ctx, auth, cut, w.creds()); err != nil || !info.Committed {
+				t.Fatalf("snapshot: committed=%v err=%v", info.Committed, err)
+			}
+			pruned, err := p.snap.Prune(ctx, auth, w.creds())
+			if err != nil || pruned.Facts == 0 {
+				t.Fatalf("prune: %+v, %v", pruned, err)
+			}
+			if kept := p.journalHolds(checkpointSeq); kept != tc.lastAfterCut {
+				t.Fatalf("JOURNAL still holds the checkpoint's message %d: %v, want %v", checkpointSeq, kept, tc.lastAfterCut)
+			}
+
+			want := fold.New()
+			for _, f := range append(first, history[200:]...) {
+				want.Apply(f)
+			}
+			stopJournal = p.start(journal.New(journal.Config{}), clock.Real{}, journalDir)
+			bustest.Eventually(t, 30*time.Second, func() bool { return sameDocuments(p.documents(t, w), foldedDocuments(want)) }, "the journal, down during the prune, answers the documents of the whole history")
+		})
+	}
+}
+
+// journalLastSeq is JOURNAL's last sequence.
+func (p *peer) journalLastSeq() uint64 {
+	p.t.Helper()
+	s, err := p.h.JS.Stream(testCtx(p.t), events.StreamJournal)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	info, err := s.Info(testCtx(p.t))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return info.State.LastSeq
+}
+
+// journalHolds reports whether JOURNAL still holds the message at seq.
+func (p *peer) journalHolds(seq uint64) bool {
+	p.t.Helper()
+	s, err := p.h.JS.Stream(testCtx(p.t), events.StreamJournal)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	_, err = s.GetMsg(testCtx(p.t), seq)
+	return err == nil
 }
