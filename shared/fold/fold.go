@@ -163,6 +163,38 @@ func (s *State) Needed(f *events.Fact) bool {
 	return false
 }
 
+// Supersedes reports whether s already holds facts that f loses to in
+// every respect: a later fact of its document, for a delete a later
+// delete, and for a put, on each of its fields, a later winner or (the
+// field hidden) a later delete. Folding f into s then changes nothing,
+// and f is not Needed by the result. Because the fold only grows, f stays
+// superseded whatever else is folded: a prune removes exactly such facts
+// (Needed is false for each), and the guard refuses them when they come
+// back (docs/snapshot.md, "Pruned facts that arrive again").
+func (s *State) Supersedes(f *events.Fact) bool {
+	d := s.collections[f.Collection()][f.Document()]
+	if d == nil {
+		return false
+	}
+	v := events.VersionOf(f)
+	if v.Compare(d.latest) >= 0 {
+		return false
+	}
+	if f.IsDelete() {
+		return v.Compare(d.deleted) < 0
+	}
+	for name := range f.Fields() {
+		over := d.deleted // a hidden field: only the delete beats f
+		if fl, ok := d.fields[name]; ok {
+			over = fl.version
+		}
+		if v.Compare(over) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // Get returns one document, including a deleted one (Deleted set).
 func (s *State) Get(coll, id string) (Document, bool) {
 	d, ok := s.collections[coll][id]

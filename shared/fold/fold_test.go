@@ -370,3 +370,29 @@ func TestSupersededFactsAreNotNeeded(t *testing.T) {
 		t.Errorf("a fact of a document the state does not hold is needed")
 	}
 }
+
+// TestSupersedesIsFoldingChangingNothingAndNotNeeded: Supersedes(f) holds
+// exactly when folding f changes no part of the state (the digest covers
+// every version) and f is not Needed afterwards, for facts already in the
+// state and new ones alike.
+func TestSupersedesIsFoldingChangingNothingAndNotNeeded(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		facts := rapid.SliceOfN(rapid.Custom(genFact), 0, 30).Draw(t, "facts")
+		s := fold.New()
+		for _, f := range facts {
+			s.Apply(f)
+		}
+		var f *events.Fact
+		if len(facts) > 0 && rapid.Bool().Draw(t, "known") {
+			f = facts[rapid.IntRange(0, len(facts)-1).Draw(t, "which")]
+		} else {
+			f = genFact(t)
+		}
+		with := roundTrip(t, s)
+		with.Apply(f)
+		want := with.Digest() == s.Digest() && !with.Needed(f)
+		if got := s.Supersedes(f); got != want {
+			t.Fatalf("Supersedes(%s) = %v; folding it changes nothing and it is not needed: %v", f.ID, got, want)
+		}
+	})
+}
