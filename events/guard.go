@@ -24,3 +24,10 @@ const (
 // "<authority>.<revocation id hex>". Only the guard writes it (the NATS
 // permissions in shared/natsauth deny it to everyone else).
 const RevocationBucket = "guard_revocations"
+
+// PrunedFloorBucket is the guard's KV bucket of prune cuts, keyed by
+// authority: the cut each authority's JOURNAL was pruned to on this peer,
+// below which the guard refuses facts that what JOURNAL holds supersedes
+// (ReasonPruned). Only the guard writes it (shared/natsauth), as a
+// service that could would make the guard refuse facts.
+const PrunedFloorBucket = "guard_pruned"

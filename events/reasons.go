@@ -37,6 +37,7 @@ const (
 	ReasonTampered        Reason = "tampered"         // content does not match the hash or state its signed manifest names
 	ReasonBelowThreshold  Reason = "below_threshold"  // fewer distinct valid approvals than the threshold
 	ReasonNotConfigured   Reason = "not_configured"   // this peer lacks the configuration the operation needs (e.g. no OTA release policy)
+	ReasonPruned          Reason = "pruned"           // a fact this peer pruned (before its prune cut, superseded there) arriving again
 )
 
 // Error is an error with a stable reason code and a human sentence.

@@ -142,6 +142,10 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	if err != nil {
 		return err
 	}
+	prunedFloors, err := watchPrunedFloors(ctx, env.JS, journal, log)
+	if err != nil {
+		return err
+	}
 	tracer := env.Tracer
 	if tracer == nil {
 		tracer = tracenoop.NewTracerProvider().Tracer(Name)
@@ -161,9 +165,10 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 			signatures:     s.signatures,
 			tokenDeadlines: s.tokenDeadlines,
 		},
-		journal:     newJournalWriter(env.Conn, env.JS, journal, s.cfg.MaxAtomicBatch),
-		revocations: revocations,
-		protocol:    &events.ProtocolGate{},
+		journal:      newJournalWriter(env.Conn, env.JS, journal, s.cfg.MaxAtomicBatch),
+		revocations:  revocations,
+		prunedFloors: prunedFloors,
+		protocol:     &events.ProtocolGate{},
 	}
 	go g.followProtocol(ctx)
 	subs, err := g.serveRequests(ctx)
@@ -215,6 +220,8 @@ type running struct {
 	check       *checker
 	journal     *journalWriter
 	revocations jetstream.KeyValue
+	// prunedFloors refuses pruned facts that arrive again (pruned.go).
+	prunedFloors *prunedFloors
 
 	// protocol is the sync protocol version in force (OTA hard forks);
 	// peer requests from below it are refused.

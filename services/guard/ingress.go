@@ -113,6 +113,14 @@ func (g *running) decide(ctx context.Context, group []jetstream.Msg) {
 			_ = m.NakWithDelay(retryDelay)
 			continue
 		}
+		if err := g.prunedFloors.screen(mctx, m.Subject(), &v, start); err != nil {
+			if ctx.Err() == nil {
+				g.log.Error("cannot check facts against a prune cut; the message will be redelivered", "subject", m.Subject(), "err", err)
+			}
+			span.SetStatus(codes.Error, err.Error())
+			_ = m.NakWithDelay(retryDelay)
+			continue
+		}
 		decided = append(decided, m)
 		factTraces, factSpans := g.traceFacts(ctx, mctx, m.Subject(), v)
 		spans = append(spans, factSpans...)

@@ -101,6 +101,10 @@ func (g *running) prune(ctx context.Context, m *nats.Msg) (events.GuardPruneRepl
 	if err := g.readersPast(ctx, addr.Authority, lastGone); err != nil {
 		return events.GuardPruneReply{}, err
 	}
+	// Before anything goes: a removed fact that arrives again is refused.
+	if err := g.prunedFloors.record(ctx, addr.Authority, req.CutSeconds, req.Snapshot); err != nil {
+		return events.GuardPruneReply{}, err
+	}
 	// Write the kept facts again first: a failure from here on leaves
 	// JOURNAL with more copies, never fewer.
 	if len(plan.republish) > 0 {

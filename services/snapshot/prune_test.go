@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/factsync/factsync/events"
+	eventsv1 "github.com/factsync/factsync/events/v1"
+	"github.com/factsync/factsync/services/guard"
 	"github.com/factsync/factsync/services/journal"
 	"github.com/factsync/factsync/services/receipts"
 	"github.com/factsync/factsync/shared/bustest"
@@ -16,6 +18,8 @@ import (
 	"github.com/factsync/factsync/shared/clock"
 	"github.com/factsync/factsync/shared/fold"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
 )
 
 // selfApproved is a peer that commits its own snapshots (threshold 1).
@@ -432,4 +436,125 @@ func (p *peer) journalHolds(seq uint64) bool {
 	}
 	_, err = s.GetMsg(testCtx(p.t), seq)
 	return err == nil
+}
+
+// TestPrunedFactsThatArriveAgainAreRefusedAndCountedOnce: after A prunes,
+// a client replays the whole history to A once JOURNAL's dedup window has
+// passed. The removed facts are refused with `pruned` and not stored
+// again; the kept ones and a new fact before the cut that changes a
+// document are stored. So A counts every fact once, and B and C, which
+// hold the whole history and the new fact, approve A's next snapshot. A
+// new fact before the cut that A's state already supersedes is refused
+// too: it could never show.
+func TestPrunedFactsThatArriveAgainAreRefusedAndCountedOnce(t *testing.T) {
+	cl := newCluster(t, 36, 600, 20)
+	ctx, auth := testCtx(t), cl.w.auth()
+	if first, err := cl.a.snap.Create(ctx, auth, cl.cut, cl.w.creds()); err != nil || !first.Committed {
+		t.Fatalf("first snapshot: committed=%v err=%v", first.Committed, err)
+	}
+	pruned, err := cl.a.snap.Prune(ctx, auth, cl.w.creds())
+	if err != nil || pruned.Facts == 0 {
+		t.Fatalf("prune: %+v, %v", pruned, err)
+	}
+	kept := cl.a.view(auth).facts
+	cl.a.shortenJournalDedup()
+
+	// A new document before the cut: it changes the documents, so every
+	// peer stores it.
+	fresh := cl.w.fact(t, "notes", "fresh", testNow.Add(-time.Hour), 0, map[string]any{"n": -1})
+	for _, p := range []*peer{cl.b, cl.c} {
+		p.ingest(cl.w, []*events.Fact{fresh})
+	}
+	cl.a.publish(cl.w, append(append([]*events.Fact{}, cl.history...), fresh))
+	cl.a.ingressDrained()
+
+	v := cl.a.view(auth)
+	for _, f := range cl.history {
+		if kept[f.ID] == nil && v.facts[f.ID] != nil {
+			t.Fatalf("fact %s, which the prune removed, is in A's JOURNAL again", f.ID)
+		}
+	}
+	if len(v.facts) != len(kept)+1 || v.facts[fresh.ID] == nil {
+		t.Fatalf("A's JOURNAL holds %d distinct facts; want the %d kept and the new one", len(v.facts), len(kept))
+	}
+	if got := cl.a.denied(events.ReasonPruned); got != pruned.Facts {
+		t.Fatalf("DENIED holds %d `pruned` denials; want one per removed fact, %d", got, pruned.Facts)
+	}
+
+	cut2 := cl.history[550].HLC.Seconds()
+	second, err := cl.a.snap.Create(ctx, auth, cut2, cl.w.creds())
+	if err != nil || !second.Committed || len(second.Signatures) != 3 {
+		t.Fatalf("A's snapshot after the replay: %+v, %v; want committed by A, B and C", second, err)
+	}
+
+	// Superseded on A before the cut (the documents were written after
+	// it): refused although no peer ever had it.
+	stale := cl.w.fact(t, "notes", cl.history[0].Document(), testNow.Add(-2*time.Hour), 0, map[string]any{"n": -2})
+	if cl.history[0].Collection() != "notes" {
+		stale = cl.w.fact(t, "tasks", cl.history[0].Document(), testNow.Add(-2*time.Hour), 0, map[string]any{"n": -2})
+	}
+	cl.a.publish(cl.w, []*events.Fact{stale})
+	cl.a.ingressDrained()
+	if cl.a.view(auth).facts[stale.ID] != nil || cl.a.denied(events.ReasonPruned) != pruned.Facts+1 {
+		t.Fatalf("a new fact A's state before its prune cut supersedes was stored, or not refused with `pruned`")
+	}
+}
+
+// shortenJournalDedup makes JOURNAL forget message ids at once, as it
+// does after events.DedupWindow: a fact sent again is stored again unless
+// the guard refuses it.
+func (p *peer) shortenJournalDedup() {
+	p.t.Helper()
+	ctx := testCtx(p.t)
+	s, err := p.h.JS.Stream(ctx, events.StreamJournal)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.Duplicates = 100 * time.Millisecond // the least JetStream takes
+	if _, err := p.h.JS.UpdateStream(ctx, cfg); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// publish sends facts to the peer's INGRESS, as a client would.
+func (p *peer) publish(w *writer, facts []*events.Fact) {
+	p.t.Helper()
+	for i := 0; i < len(facts); i += 500 {
+		fb := &eventsv1.FactBatch{Tokens: [][]byte{w.token}}
+		for _, f := range facts[i:min(i+500, len(facts))] {
+			fb.Facts = append(fb.Facts, f.Proto())
+		}
+		data, _ := proto.Marshal(fb)
+		if _, err := p.h.JS.Publish(testCtx(p.t), events.IngressFactSubject(w.auth()), data); err != nil {
+			p.t.Fatal(err)
+		}
+	}
+}
+
+// ingressDrained waits until the guard has decided everything in INGRESS.
+func (p *peer) ingressDrained() {
+	p.t.Helper()
+	bustest.Eventually(p.t, 30*time.Second, func() bool {
+		c, err := p.h.JS.Consumer(testCtx(p.t), events.StreamIngress, guard.Name)
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(testCtx(p.t))
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+	}, "the guard decides INGRESS")
+}
+
+// denied counts the denials with reason r in DENIED.
+func (p *peer) denied(r events.Reason) uint64 {
+	p.t.Helper()
+	s, err := p.h.JS.Stream(testCtx(p.t), events.StreamDenied)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	info, err := s.Info(testCtx(p.t), jetstream.WithSubjectFilter(events.DeniedSubject(r)))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return info.State.Msgs
 }

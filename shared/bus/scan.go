@@ -13,10 +13,18 @@ import (
 // stops the scan and is returned. It reads with an ordered consumer, which
 // it deletes when done.
 func Scan(ctx context.Context, js jetstream.JetStream, stream string, filters []string, fn func(jetstream.Msg) error) error {
-	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: filters,
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	})
+	return ScanFrom(ctx, js, stream, filters, 0, fn)
+}
+
+// ScanFrom is Scan from stream sequence from on (from the start when from
+// is 0 or 1), for a reader that keeps up with a stream by scanning only
+// what it has not read.
+func ScanFrom(ctx context.Context, js jetstream.JetStream, stream string, filters []string, from uint64, fn func(jetstream.Msg) error) error {
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: filters, DeliverPolicy: jetstream.DeliverAllPolicy}
+	if from > 1 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from
+	}
+	cons, err := js.OrderedConsumer(ctx, stream, cfg)
 	if err != nil {
 		return fmt.Errorf("read %s: %w", stream, err)
 	}

@@ -144,11 +144,11 @@ var accepted = []string{events.JournalPrefix + ".>", events.TokenPrefix + ".>", 
 // but the guard could change, empty or bypass what the guard owns: the
 // guarded streams' configuration and messages, acks and consumers on
 // INGRESS (acking a batch there drops it unchecked), and the revocation
-// bucket. Each API subject is denied both plainly and through a JetStream
+// and prune-cut buckets. Each API subject is denied both plainly and through a JetStream
 // domain ($JS.<domain>.API...).
 func guardOnly() []string {
 	var api []string
-	for _, stream := range []string{events.StreamIngress, events.StreamJournal, events.StreamDenied, "KV_" + events.RevocationBucket} {
+	for _, stream := range []string{events.StreamIngress, events.StreamJournal, events.StreamDenied, "KV_" + events.RevocationBucket, "KV_" + events.PrunedFloorBucket} {
 		for _, op := range []string{"STREAM.UPDATE", "STREAM.DELETE", "STREAM.PURGE", "STREAM.MSG.DELETE"} {
 			api = append(api, op+"."+stream)
 		}
@@ -162,7 +162,7 @@ func guardOnly() []string {
 	}
 	// Acks come as $JS.ACK.<stream>... (v1) or $JS.ACK.<domain>.<account hash>.<stream>... (v2).
 	return append(subs, "$JS.ACK."+events.StreamIngress+".>", "$JS.ACK.*.*."+events.StreamIngress+".>",
-		"$KV."+events.RevocationBucket+".>")
+		"$KV."+events.RevocationBucket+".>", "$KV."+events.PrunedFloorBucket+".>")
 }
 
 // Permissions returns what an unscoped user of role may do.

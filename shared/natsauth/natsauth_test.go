@@ -161,7 +161,8 @@ func sameSet(a, b []string) bool {
 
 // TestServicesCannotBypassTheGuard: the services user may use JetStream,
 // but not to empty or reconfigure a guarded stream, take INGRESS batches
-// from the guard's consumer, or write the revocation bucket.
+// from the guard's consumer, or write the guard's revocation and prune-cut
+// buckets.
 func TestServicesCannotBypassTheGuard(t *testing.T) {
 	ns := startServer(t)
 	errs := make(chan error, 16)
@@ -176,6 +177,7 @@ func TestServicesCannotBypassTheGuard(t *testing.T) {
 		"$JS.ACK.INGRESS.guard.1.1.1.1.1",
 		"$JS.ACK.hub.ACCHASH.INGRESS.guard.1.1.1.1.1.1",
 		"$KV." + events.RevocationBucket + ".someauthority.someid",
+		"$KV." + events.PrunedFloorBucket + ".someauthority",
 	} {
 		if err := nc.Publish(subject, nil); err != nil {
 			t.Fatal(err)
