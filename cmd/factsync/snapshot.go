@@ -249,5 +249,7 @@ func newBenchBootstrap(g *globals) *cobra.Command {
 	cmd.Flags().IntVar(&cfg.HistoryPerLive, "history-per-live", 10, "history over live state (writes per document)")
 	cmd.Flags().Float64Var(&cfg.AfterCut, "after-cut", 0.01, "share of the history written after the cut")
 	cmd.Flags().StringVar(&cfg.StoreDir, "dir", "", "directory for the peers' stores (default a temporary one)")
+	cmd.Flags().StringVar(&cfg.LeafCompression, "leaf-compression", "off", "s2 compression of the mesh links (off, s2_fast, s2_best, auto: nats-server's s2_auto)")
+	cmd.Flags().StringVar(&cfg.ProfileDir, "cpuprofile-dir", "", "write a CPU profile of each timed span here (snapshot.pprof, replay.pprof)")
 	return cmd
 }

@@ -64,6 +64,14 @@ type HubConfig struct {
 	// (PeerUser(i) for Peers[i]). The peer's services announce presence
 	// as that id, and the hub lets no other through.
 	Peers []events.PeerID
+	// LeafCompression, when set, is the s2 compression mode of the leafnode
+	// links, on the hub's side and each peer's (nats-server's names: "off",
+	// "s2_fast", "s2_best", ...). By default both sides use "s2_auto",
+	// which picks a mode from the link's round trip as it measured it at
+	// connect time: on a busy machine that can be anything from
+	// uncompressed to s2_best, a CPU cost per byte that varies from run to
+	// run.
+	LeafCompression string
 	// allowAll turns the hub's permissions off, for the test that shows
 	// the peers' deny lists hold on their own.
 	allowAll bool
@@ -71,11 +79,12 @@ type HubConfig struct {
 
 // Hub is the nats-server every peer links to.
 type Hub struct {
-	Server *server.Server
-	host   string
-	users  []natsauth.User
-	leaf   string // host:port of the leafnode listener
-	links  []*link
+	Server      *server.Server
+	host        string
+	compression string
+	users       []natsauth.User
+	leaf        string // host:port of the leafnode listener
+	links       []*link
 }
 
 // PeerUser is the name of the hub's user for peer i's leafnode link.
@@ -88,7 +97,7 @@ func StartHub(cfg HubConfig) (*Hub, error) {
 	if cfg.Host == "" {
 		cfg.Host = "127.0.0.1"
 	}
-	h := &Hub{host: cfg.Host, links: make([]*link, len(cfg.Peers))}
+	h := &Hub{host: cfg.Host, compression: cfg.LeafCompression, links: make([]*link, len(cfg.Peers))}
 	for i, id := range cfg.Peers {
 		if err := id.Validate(); err != nil {
 			return nil, fmt.Errorf("mesh: peer %d: %w", i, err)
@@ -133,6 +142,7 @@ func StartHub(cfg HubConfig) (*Hub, error) {
 	// leafnode URL is added to every remote's list, and a cut peer
 	// reconnected to it directly, past the cut.
 	opts.LeafNode.NoAdvertise = true
+	opts.LeafNode.Compression.Mode = cfg.LeafCompression
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: configure hub: %w", err)
@@ -177,7 +187,7 @@ func (h *Hub) link(i int, denyLocal bool) (func(*server.Options), error) {
 	}
 	h.links[i] = l
 	u := &url.URL{Scheme: "nats-leaf", Host: l.addr(), User: url.UserPassword(h.users[i].Name, h.users[i].Password)}
-	remote := &server.RemoteLeafOpts{URLs: []*url.URL{u}}
+	remote := &server.RemoteLeafOpts{URLs: []*url.URL{u}, Compression: server.CompressionOpts{Mode: h.compression}}
 	if denyLocal {
 		remote.DenyImports, remote.DenyExports = Local, Local
 	}

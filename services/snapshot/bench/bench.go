@@ -17,7 +17,9 @@ import (
 	"maps"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,6 +57,15 @@ type Config struct {
 	// directory, removed afterwards).
 	StoreDir string
 	Seed     uint64
+	// LeafCompression is the mesh links' s2 compression mode (default
+	// "off"; "auto" is nats-server's s2_auto). The peers share loopback,
+	// where s2_auto means uncompressed, but s2_auto measures the round
+	// trip at connect time, so on a busy machine it picks anything up to
+	// s2_best (a fifth of a bootstrap's CPU), differently from run to run.
+	LeafCompression string
+	// ProfileDir, when set, receives a CPU profile of each timed span:
+	// snapshot.pprof and replay.pprof (every peer's work in the process).
+	ProfileDir string
 }
 
 // Result is what `factsync bench bootstrap --json` prints.
@@ -87,7 +98,10 @@ type Result struct {
 	// its restore first reported each phase (fetching, verifying, loading,
 	// settling, complete).
 	RestorePhases map[events.SnapshotPhase]float64 `json:"restore_phases"`
-	GOMAXPROCS    int                              `json:"gomaxprocs"`
+	// RestorePhasesCPU is the process CPU time spent by then.
+	RestorePhasesCPU map[events.SnapshotPhase]float64 `json:"restore_phases_cpu"`
+	LeafCompression  string                           `json:"leaf_compression"`
+	GOMAXPROCS       int                              `json:"gomaxprocs"`
 }
 
 // Peer indexes on the bench's mesh.
@@ -110,6 +124,9 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	if cfg.AfterCut <= 0 || cfg.AfterCut >= 1 {
 		cfg.AfterCut = 0.01
 	}
+	if cfg.LeafCompression == "" {
+		cfg.LeafCompression = server.CompressionOff
+	}
 	if cfg.StoreDir == "" {
 		dir, err := os.MkdirTemp("", "factsync-bench-bootstrap-")
 		if err != nil {
@@ -127,7 +144,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		return res, err
 	}
 	cut := history[int(float64(len(history))*(1-cfg.AfterCut))].HLC.Seconds()
-	res = Result{Facts: cfg.Facts, Documents: docs, GOMAXPROCS: runtime.GOMAXPROCS(0)}
+	res = Result{Facts: cfg.Facts, Documents: docs, LeafCompression: cfg.LeafCompression, GOMAXPROCS: runtime.GOMAXPROCS(0)}
 	want := fold.New()
 	for _, f := range history {
 		want.Apply(f)
@@ -136,7 +153,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		}
 	}
 
-	m, err := newMesh(rng, cfg.StoreDir)
+	m, err := newMesh(rng, cfg.StoreDir, cfg.LeafCompression)
 	if err != nil {
 		return res, err
 	}
@@ -180,15 +197,20 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		if err != nil {
 			return res, err
 		}
-		ready, cpu := time.Now(), cpuclock.Start()
-		p.ready.Store(&ready)
-		if err := p.waitFor(ctx, w.auth, run.facts); err != nil {
+		stopProfile, err := startProfile(cfg.ProfileDir, p.name)
+		if err != nil {
 			return res, err
 		}
+		ready, cpu := time.Now(), cpuclock.Start()
+		p.ready.Store(&startedAt{at: ready, cpu: cpu})
+		err = p.waitFor(ctx, w.auth, run.facts)
 		*run.seconds, *run.cpu = time.Since(ready).Seconds(), cpu.Seconds()
+		if err := errors.Join(err, stopProfile()); err != nil {
+			return res, err
+		}
 		if run.peer == snapshotPeer {
 			p.mu.Lock()
-			res.RestorePhases = maps.Clone(p.phases)
+			res.RestorePhases, res.RestorePhasesCPU = maps.Clone(p.phases), maps.Clone(p.phasesCPU)
 			p.mu.Unlock()
 		}
 		st, err := p.fold(ctx, w.auth)
@@ -202,6 +224,26 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	res.Speedup = res.ReplaySeconds / res.SnapshotSeconds
 	res.CPUSpeedup = res.ReplayCPUSeconds / res.SnapshotCPUSeconds
 	return res, nil
+}
+
+// startProfile starts a CPU profile of the span named name in dir, when
+// dir is set, and returns what stops it.
+func startProfile(dir, name string) (func() error, error) {
+	if dir == "" {
+		return func() error { return nil }, nil
+	}
+	f, err := os.Create(filepath.Join(dir, name+".pprof"))
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		return f.Close()
+	}, nil
 }
 
 // authority is the bench's writer.
@@ -261,13 +303,16 @@ type benchMesh struct {
 	peers []*peer
 }
 
-func newMesh(rng *rand.Rand, dir string) (*benchMesh, error) {
+func newMesh(rng *rand.Rand, dir, compression string) (*benchMesh, error) {
 	m := &benchMesh{dir: dir}
 	for i := range m.keys {
 		m.keys[i] = seededKey(rng)
 		m.ids[i] = events.PeerIDOf(m.keys[i].Public().(ed25519.PublicKey))
 	}
-	hub, err := mesh.StartHub(mesh.HubConfig{Peers: m.ids[:]})
+	if compression == "auto" {
+		compression = server.CompressionS2Auto
+	}
+	hub, err := mesh.StartHub(mesh.HubConfig{Peers: m.ids[:], LeafCompression: compression})
 	if err != nil {
 		return nil, err
 	}
@@ -285,10 +330,17 @@ type peer struct {
 	snap   *snapshot.Service
 	runs   []*runner.Runner
 	cancel context.CancelFunc
-	ready  atomic.Pointer[time.Time] // when the peer's services were all up
+	ready  atomic.Pointer[startedAt] // when the peer's services were all up
 
-	mu     sync.Mutex
-	phases map[events.SnapshotPhase]float64 // see Result.RestorePhases
+	mu        sync.Mutex
+	phases    map[events.SnapshotPhase]float64 // see Result.RestorePhases
+	phasesCPU map[events.SnapshotPhase]float64 // see Result.RestorePhasesCPU
+}
+
+// startedAt is when a timed span started, in elapsed and CPU time.
+type startedAt struct {
+	at  time.Time
+	cpu cpuclock.Clock
 }
 
 // watchRestore records when the peer's restore reports each phase.
@@ -302,10 +354,10 @@ func (p *peer) watchRestore(auth events.AuthorityID) error {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		if p.phases == nil {
-			p.phases = map[events.SnapshotPhase]float64{}
+			p.phases, p.phasesCPU = map[events.SnapshotPhase]float64{}, map[events.SnapshotPhase]float64{}
 		}
 		if _, seen := p.phases[pr.Phase]; !seen {
-			p.phases[pr.Phase] = time.Since(*ready).Seconds()
+			p.phases[pr.Phase], p.phasesCPU[pr.Phase] = time.Since(ready.at).Seconds(), ready.cpu.Seconds()
 		}
 	})
 	return err
