@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/factsync/factsync/events"
@@ -217,17 +218,9 @@ func (r *Restorer) Restore(ctx context.Context, src Source, auth events.Authorit
 		}
 	}
 
-	content := make([]byte, 0, info.ContentSize)
-	for int64(len(content)) < info.ContentSize {
-		chunk, err := src.Fetch(ctx, auth, info.ID, int64(len(content)), fetchChunk)
-		if err != nil {
-			return nil, err
-		}
-		if len(chunk.Data) == 0 || chunk.Size != info.ContentSize {
-			return nil, events.Errorf(events.ReasonTampered, "the source served %d bytes at offset %d of a %d-byte snapshot that should be %d bytes", len(chunk.Data), len(content), chunk.Size, info.ContentSize)
-		}
-		content = append(content, chunk.Data...)
-		report(events.SnapshotPhaseFetching, int64(len(content)), info.ContentSize)
+	content, err := fetchContent(ctx, src, auth, info, func(done int64) { report(events.SnapshotPhaseFetching, done, info.ContentSize) })
+	if err != nil {
+		return nil, err
 	}
 	report(events.SnapshotPhaseVerifying, 0, 1)
 	checkSignatures := verifySignatures
@@ -304,6 +297,85 @@ func (r *Restorer) Restore(ctx context.Context, src Source, auth events.Authorit
 	}
 	report(events.SnapshotPhaseComplete, total, total)
 	return v, nil
+}
+
+// fetchWindow is how many chunk requests a restore has in flight: each
+// crosses the mesh and the source's guard, so one at a time spends most
+// of a large fetch waiting on round trips.
+const fetchWindow = 4
+
+// fetchContent fetches a snapshot's content in chunks, fetchWindow at a
+// time, each into its place; a chunk served short is asked for again from
+// where it stopped. It reports the bytes fetched after each chunk.
+func fetchContent(ctx context.Context, src Source, auth events.AuthorityID, info events.SnapshotInfo, progress func(done int64)) ([]byte, error) {
+	if info.ContentSize < 0 {
+		return nil, events.Errorf(events.ReasonMalformed, "the source lists a snapshot of %d bytes", info.ContentSize)
+	}
+	content := make([]byte, info.ContentSize)
+	var mu sync.Mutex
+	fetched := int64(0)
+	chunks := int((info.ContentSize + fetchChunk - 1) / fetchChunk)
+	err := inWindow(ctx, chunks, fetchWindow, func(ctx context.Context, i int) error {
+		from := int64(i) * fetchChunk
+		end := min(from+fetchChunk, info.ContentSize)
+		for at := from; at < end; {
+			chunk, err := src.Fetch(ctx, auth, info.ID, at, end-at)
+			if err != nil {
+				return err
+			}
+			if len(chunk.Data) == 0 || int64(len(chunk.Data)) > end-at || chunk.Size != info.ContentSize {
+				return events.Errorf(events.ReasonTampered, "the source served %d bytes at offset %d of a %d-byte snapshot that should be %d bytes", len(chunk.Data), at, chunk.Size, info.ContentSize)
+			}
+			at += int64(copy(content[at:end], chunk.Data))
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		fetched += end - from
+		progress(fetched)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return content, nil
+}
+
+// inWindow runs do(i) for i in [0, n), at most window at once, and
+// returns the first error; an error cancels the context the calls still
+// running were given.
+func inWindow(ctx context.Context, n, window int, do func(ctx context.Context, i int) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu    sync.Mutex
+		first error
+		wg    sync.WaitGroup
+		slots = make(chan struct{}, window)
+	)
+start:
+	for i := range n {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			break start
+		}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			if err := do(ctx, i); err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+				}
+				mu.Unlock()
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	return ctx.Err()
 }
 
 // loadBatches splits the content's facts into INGRESS batches, each with
@@ -436,40 +508,58 @@ func (r *Restorer) mark(ctx context.Context, auth events.AuthorityID, m *events.
 	return nil
 }
 
+// verifyWindow is how many batches a restore has its guard verify at
+// once: the guard verifies each on every core, and the next batch is
+// encoded, sent and decoded meanwhile.
+const verifyWindow = 2
+
 // guardVerify has the local guard check the facts' device signatures, in
-// batches under the message size limits; a fact that fails is reported
-// with the guard's reason. Without a guard to ask it checks them here.
+// batches under the message size limits, verifyWindow at a time; a fact
+// that fails is reported with the guard's reason. Without a guard to ask
+// it checks them here.
 func (s *Service) guardVerify(ctx context.Context, auth events.AuthorityID, facts []*events.Fact) error {
+	var batches [][]*events.Fact
 	for from := 0; from < len(facts); {
-		batch := &eventsv1.FactBatch{}
-		size := 0
-		for _, f := range facts[from:min(from+events.MaxBatchFacts, len(facts))] {
-			n := len(f.Body) + len(f.Signature) + 16
-			if size+n > maxLoadBytes && len(batch.Facts) > 0 {
+		to, size := from, 0
+		for to < min(from+events.MaxBatchFacts, len(facts)) {
+			n := len(facts[to].Body) + len(facts[to].Signature) + 16
+			if size+n > maxLoadBytes && to > from {
 				break
 			}
 			size += n
-			batch.Facts = append(batch.Facts, f.Proto())
+			to++
 		}
-		m := nats.NewMsg(events.ServiceSubject(events.GuardProto, events.GuardOpVerify, auth))
-		bus.InjectTrace(ctx, m.Header)
-		m.Data, _ = proto.Marshal(batch)
-		rctx, cancel := context.WithTimeout(ctx, time.Minute)
-		resp, err := s.env.Conn.RequestMsgWithContext(rctx, m)
-		cancel()
-		switch {
-		case errors.Is(err, nats.ErrNoResponders):
-			return verifySignatures(facts[from:])
-		case err != nil:
-			return events.Wrap(events.ReasonUnavailable, err, "have the guard check the snapshot's signatures")
+		batches = append(batches, facts[from:to])
+		from = to
+	}
+	return inWindow(ctx, len(batches), verifyWindow, func(ctx context.Context, i int) error {
+		return s.guardVerifyBatch(ctx, auth, batches[i])
+	})
+}
+
+// guardVerifyBatch has the local guard check one batch of signatures.
+func (s *Service) guardVerifyBatch(ctx context.Context, auth events.AuthorityID, facts []*events.Fact) error {
+	batch := &eventsv1.FactBatch{Facts: make([]*eventsv1.SignedFact, len(facts))}
+	for i, f := range facts {
+		batch.Facts[i] = f.Proto()
+	}
+	m := nats.NewMsg(events.ServiceSubject(events.GuardProto, events.GuardOpVerify, auth))
+	bus.InjectTrace(ctx, m.Header)
+	m.Data, _ = proto.Marshal(batch)
+	rctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	resp, err := s.env.Conn.RequestMsgWithContext(rctx, m)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return verifySignatures(facts)
+	case err != nil:
+		return events.Wrap(events.ReasonUnavailable, err, "have the guard check the snapshot's signatures")
+	}
+	if resp.Header.Get(events.HeaderReason) != "" {
+		if e := events.DecodeError(resp.Data); e != nil {
+			return e
 		}
-		if resp.Header.Get(events.HeaderReason) != "" {
-			if e := events.DecodeError(resp.Data); e != nil {
-				return e
-			}
-			return events.Errorf(events.Reason(resp.Header.Get(events.HeaderReason)), "%s", resp.Data)
-		}
-		from += len(batch.Facts)
+		return events.Errorf(events.Reason(resp.Header.Get(events.HeaderReason)), "%s", resp.Data)
 	}
 	return nil
 }

@@ -1,9 +1,11 @@
 package snapshot
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"math/rand/v2"
+	"sync/atomic"
 	"testing"
 
 	"github.com/factsync/factsync/events"
@@ -86,5 +88,71 @@ func TestForgedFactSignatureIsRefused(t *testing.T) {
 	}
 	if n := d.journalFacts(auth); n != uint64(len(v.Content.Facts)) {
 		t.Fatalf("JOURNAL holds %d facts, the snapshot %d", n, len(v.Content.Facts))
+	}
+}
+
+// chunkySource serves a snapshot at most most bytes per fetch, and fails
+// or lies about the size at one offset when told to.
+type chunkySource struct {
+	staticSource
+	most     int64
+	failAt   int64 // -1: never
+	lieAt    int64 // -1: never
+	fetches  atomic.Int64
+	failWith error
+}
+
+func (s *chunkySource) Fetch(ctx context.Context, auth events.AuthorityID, id string, offset, limit int64) (events.SnapshotFetchReply, error) {
+	s.fetches.Add(1)
+	if offset == s.failAt {
+		return events.SnapshotFetchReply{}, s.failWith
+	}
+	r, err := s.staticSource.Fetch(ctx, auth, id, offset, min(limit, s.most))
+	if offset == s.lieAt {
+		r.Size++
+	}
+	return r, err
+}
+
+// TestFetchReassemblesChunksServedShort: a restore fetches several chunks
+// at once, each into its place; a source that serves fewer bytes than
+// asked is asked again from where it stopped, a chunk whose reply names
+// another size is tampered, and a failed fetch fails the whole.
+func TestFetchReassemblesChunksServedShort(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	content := make([]byte, 3*fetchChunk+1234)
+	for i := range content {
+		content[i] = byte(rng.UintN(256))
+	}
+	info := events.SnapshotInfo{ID: "s", ContentSize: int64(len(content))}
+	src := func() *chunkySource {
+		return &chunkySource{staticSource: staticSource{info: info, content: content}, most: fetchChunk/3 + 11, failAt: -1, lieAt: -1}
+	}
+	ctx := testCtx(t)
+
+	s := src()
+	var last int64
+	got, err := fetchContent(ctx, s, "a", info, func(done int64) { last = done })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, content) || last != int64(len(content)) {
+		t.Fatalf("fetched %d bytes (equal: %v), last progress %d; want the %d bytes served", len(got), bytes.Equal(got, content), last, len(content))
+	}
+	// Three whole chunks, each served in three parts, and a short last one.
+	if n := s.fetches.Load(); n != 3*3+1 {
+		t.Fatalf("%d fetches; want 10", n)
+	}
+
+	s = src()
+	s.lieAt = fetchChunk
+	if _, err := fetchContent(ctx, s, "a", info, func(int64) {}); !events.IsReason(err, events.ReasonTampered) {
+		t.Fatalf("a chunk naming another size: %v; want tampered", err)
+	}
+
+	s = src()
+	s.failAt, s.failWith = 2*fetchChunk, events.Errorf(events.ReasonNoRight, "no")
+	if _, err := fetchContent(ctx, s, "a", info, func(int64) {}); !events.IsReason(err, events.ReasonNoRight) {
+		t.Fatalf("a failed chunk: %v; want its error", err)
 	}
 }
