@@ -198,6 +198,7 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	if s.cfg.PolicyDir != "" {
 		wg.Go(func() { s.reloadPolicy(ctx, env.Clock, log) })
 	}
+	wg.Go(func() { g.dropAckedLeftoversEvery(ctx) })
 	wg.Go(func() {
 		_ = backlog.Watch(ctx, env.Meter, env.Clock, 0, log, backlog.Durable(env.JS, events.StreamIngress, Name))
 	})

@@ -22,6 +22,75 @@ import (
 // guard could not make durable (JOURNAL or DENIED unavailable).
 const retryDelay = time.Second
 
+// leftoverInterval is how often the guard looks for INGRESS messages it
+// has acknowledged that are still in the stream (dropAckedLeftovers).
+const leftoverInterval = 30 * time.Second
+
+// dropAckedLeftovers removes the INGRESS messages at or below the guard
+// consumer's ack floor. The guard acked each of them once JOURNAL or
+// DENIED held its decision, and a work queue removes a message when it is
+// acked; but after a kill -9 of the server some removals can be lost
+// (faults/crash saw 63 of 5,000 messages back in INGRESS after a restart,
+// every one of their facts in JOURNAL). Below the ack floor no delivery
+// goes back to them, so without this INGRESS never drains. The guard never
+// terminates a message (MaxDeliver is unlimited), so everything at or
+// below the floor was acked: removing it loses nothing. It returns how
+// many messages it removed.
+func (g *running) dropAckedLeftovers(ctx context.Context) (uint64, error) {
+	cons, err := g.env.JS.Consumer(ctx, events.StreamIngress, Name)
+	if err != nil {
+		return 0, err
+	}
+	ci, err := cons.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	floor := ci.AckFloor.Stream
+	st, err := g.env.JS.Stream(ctx, events.StreamIngress)
+	if err != nil {
+		return 0, err
+	}
+	before, err := st.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if before.State.Msgs == 0 || before.State.FirstSeq > floor {
+		return 0, nil // the usual case: nothing acked is left
+	}
+	if err := st.Purge(ctx, jetstream.WithPurgeSequence(floor+1)); err != nil {
+		return 0, err
+	}
+	after, err := st.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return before.State.Msgs - min(after.State.Msgs, before.State.Msgs), nil
+}
+
+// dropAckedLeftoversEvery runs dropAckedLeftovers now and then every
+// leftoverInterval until ctx ends: a leftover above the ack floor at start
+// falls below it once the messages before it are acked.
+func (g *running) dropAckedLeftoversEvery(ctx context.Context) {
+	t := g.env.Clock.NewTicker(leftoverInterval)
+	defer t.Stop()
+	for {
+		rctx, cancel := context.WithTimeout(ctx, g.cfg.RequestTimeout)
+		n, err := g.dropAckedLeftovers(rctx)
+		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil:
+			g.log.Warn("cannot look for acknowledged messages left in INGRESS", "err", err)
+		case n > 0:
+			g.log.Warn("removed INGRESS messages the guard had acknowledged but the stream still held (a server crash lost their removal)", "messages", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C():
+		}
+	}
+}
+
 // ingressLoop drains the guard's INGRESS consumer.
 type ingressLoop struct {
 	g        *running
@@ -96,6 +165,11 @@ func (g *running) decide(ctx context.Context, group []jetstream.Msg) {
 		denials  []tracedDenial
 		spans    []trace.Span
 		decided  []jetstream.Msg
+		// suspect are accepted facts that may be in JOURNAL already,
+		// stored longer ago than its dedup window, from messages that
+		// arrived in INGRESS at or after since.
+		suspect map[events.FactID]bool
+		since   time.Time
 	)
 	for _, m := range group {
 		mctx, span := g.tracer.Start(bus.ExtractTrace(ctx, m.Headers()), "guard.decide",
@@ -104,7 +178,8 @@ func (g *running) decide(ctx context.Context, group []jetstream.Msg) {
 		traceHeader := nats.Header{}
 		bus.InjectTrace(mctx, traceHeader)
 
-		v := g.check.check(mctx, m.Subject(), m.Data(), start, deliveryOf(m))
+		at := deliveryOf(m)
+		v := g.check.check(mctx, m.Subject(), m.Data(), start, at)
 		if v.retry != nil {
 			if ctx.Err() == nil {
 				g.log.Error("cannot decide an INGRESS message; it will be redelivered", "subject", m.Subject(), "err", v.retry)
@@ -130,8 +205,18 @@ func (g *running) decide(ctx context.Context, group []jetstream.Msg) {
 			}
 			return traceHeader
 		}
+		old := mayOutliveDedup(at, start)
 		for _, f := range v.accepted {
 			accepted = append(accepted, journalEntry{fact: f, trace: traceOf(f.ID.String())})
+			if old {
+				if suspect == nil {
+					suspect = map[events.FactID]bool{}
+				}
+				suspect[f.ID] = true
+				if since.IsZero() || at.arrived.Before(since) {
+					since = at.arrived
+				}
+			}
 		}
 		for h, t := range v.tokens {
 			tokens[h] = t
@@ -157,6 +242,19 @@ func (g *running) decide(ctx context.Context, group []jetstream.Msg) {
 			_ = m.NakWithDelay(retryDelay)
 		}
 	}
+	if len(suspect) > 0 {
+		wctx, cancel := context.WithTimeout(ctx, g.cfg.RequestTimeout)
+		kept, dropped, err := g.journal.dropStored(wctx, accepted, suspect, since.Add(-dedupMargin))
+		cancel()
+		if err != nil {
+			retry("journal", err)
+			return
+		}
+		if dropped > 0 {
+			g.log.Info("facts redelivered after JOURNAL's dedup window were stored already; not storing them again", "facts", dropped)
+		}
+		accepted = kept
+	}
 	if len(accepted) > 0 {
 		wctx, cancel := context.WithTimeout(ctx, g.cfg.RequestTimeout)
 		_, err := g.journal.write(wctx, accepted, tokens)
@@ -166,7 +264,10 @@ func (g *running) decide(ctx context.Context, group []jetstream.Msg) {
 			return
 		}
 	}
-	if err := g.publishDenials(ctx, denials); err != nil {
+	dctx, cancel := context.WithTimeout(ctx, g.cfg.RequestTimeout)
+	err := g.publishDenials(dctx, denials)
+	cancel()
+	if err != nil {
 		retry("denied", err)
 		return
 	}

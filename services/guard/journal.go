@@ -7,8 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/factsync/factsync/events"
 	"github.com/nats-io/nats.go"
@@ -115,6 +119,78 @@ func (w *journalWriter) write(ctx context.Context, entries []journalEntry, token
 	}
 	w.mu.Unlock()
 	return stats, nil
+}
+
+// dedupMargin allows for the guard's clock and the server's to differ
+// when the guard judges whether JOURNAL's dedup window may have passed.
+const dedupMargin = time.Minute
+
+// mayOutliveDedup reports whether the facts of an INGRESS message may
+// have been stored in JOURNAL longer ago than JOURNAL's dedup window, so
+// that storing them again would not be recognised as a repeat. Only a
+// redelivered message can have been written before, and only after it
+// arrived in INGRESS.
+func mayOutliveDedup(at delivery, now time.Time) bool {
+	return at.attempt > 1 && !at.arrived.IsZero() && now.Sub(at.arrived) >= events.DedupWindow-dedupMargin
+}
+
+// dropStored returns entries without those of suspect (FactIDs) that
+// JOURNAL already holds, reading the message ids of what JOURNAL stored
+// on the suspects' subjects since `since`. It is the check for a fact
+// redelivered after JOURNAL's dedup window, which the Nats-Msg-Id no
+// longer catches (docs/guard.md, "Redelivery after the dedup window").
+// Its cost is one pass over those subjects' messages since `since`.
+func (w *journalWriter) dropStored(ctx context.Context, entries []journalEntry, suspect map[events.FactID]bool, since time.Time) ([]journalEntry, int, error) {
+	subjects := map[string]bool{}
+	for _, e := range entries {
+		if suspect[e.fact.ID] {
+			subjects[events.JournalSubject(e.fact.Authority, e.fact.Collection())] = true
+		}
+	}
+	if len(subjects) == 0 {
+		return entries, 0, nil
+	}
+	cons, err := w.journal.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: slices.Sorted(maps.Keys(subjects)),
+		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
+		OptStartTime:   &since,
+		HeadersOnly:    true,
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("guard: read JOURNAL for facts stored before the dedup window: %w", err)
+	}
+	stored := map[string]bool{}
+	for {
+		batch, err := cons.FetchNoWait(1000)
+		if err != nil {
+			return nil, 0, fmt.Errorf("guard: read JOURNAL for facts stored before the dedup window: %w", err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			stored[factIDOfMsgID(m.Headers().Get(events.HeaderMsgID))] = true
+		}
+		if err := batch.Error(); err != nil {
+			return nil, 0, fmt.Errorf("guard: read JOURNAL for facts stored before the dedup window: %w", err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	kept := entries[:0:0]
+	for _, e := range entries {
+		if !suspect[e.fact.ID] || !stored[e.fact.ID.String()] {
+			kept = append(kept, e)
+		}
+	}
+	return kept, len(entries) - len(kept), nil
+}
+
+// factIDOfMsgID returns the hex FactID a JOURNAL fact message is named
+// by: its Nats-Msg-Id is the FactID, or, for a fact a prune wrote again
+// (prune.go), ends in ":" and the FactID.
+func factIDOfMsgID(id string) string {
+	return id[strings.LastIndexByte(id, ':')+1:]
 }
 
 func firstCiting(entries []journalEntry, tokenHash string) *journalEntry {
