@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -120,11 +119,8 @@ func StartServices(t testing.TB, url string, replicas int, cfg guard.Config) *St
 
 // Conn is a connection with the server's permission errors collected.
 type Conn struct {
-	*nats.Conn
+	*bustest.Watched
 	JS jetstream.JetStream
-
-	mu   sync.Mutex
-	errs []error
 }
 
 // Connect opens a connection as role's user.
@@ -150,36 +146,16 @@ func (s *Stack) ConnectAs(t testing.TB, u natsauth.User) *Conn {
 // mesh hub, say), on u's private inbox when it has one.
 func ConnectTo(t testing.TB, url string, u natsauth.User) *Conn {
 	t.Helper()
-	c := &Conn{}
-	opts := []nats.Option{nats.UserInfo(u.Name, u.Password),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
-			c.mu.Lock()
-			c.errs = append(c.errs, err)
-			c.mu.Unlock()
-		})}
+	opts := []nats.Option{nats.UserInfo(u.Name, u.Password)}
 	if u.PrivateInbox {
 		opts = append(opts, nats.CustomInboxPrefix(natsauth.InboxPrefix(u.Name)))
 	}
-	c.Conn = bustest.Connect(t, url, opts...)
+	c := &Conn{Watched: bustest.ConnectWatched(t, url, opts...)}
 	var err error
 	if c.JS, err = jetstream.New(c.Conn); err != nil {
 		t.Fatal(err)
 	}
 	return c
-}
-
-// PermissionViolation reports whether the server refused something on
-// this connection for lack of permission, naming subject.
-func (c *Conn) PermissionViolation(subject string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, err := range c.errs {
-		if (errors.Is(err, nats.ErrPermissionViolation) || strings.Contains(err.Error(), "Permissions Violation")) &&
-			strings.Contains(err.Error(), subject) {
-			return true
-		}
-	}
-	return false
 }
 
 // Device is an authority and one device of it holding a token.
