@@ -5,8 +5,8 @@
 // guard's user can publish to the accepted streams (JOURNAL's fs.journal.>
 // and fs.token.>, and DENIED's fs.denied.>).
 //
-// The same definitions feed the embedded server (Apply) and deploy configs
-// (ConfigFile).
+// The same definitions feed the embedded server (Apply) and the deployed
+// configs (ConfigFile, DeployedConfig), so the two cannot drift.
 package natsauth
 
 import (
@@ -42,6 +42,9 @@ const (
 	// (User.Peer) it also receives the requests addressed to it, which is
 	// what a mesh hub's user for that peer's leafnode link needs.
 	RolePeer Role = "peer"
+	// RoleOps is an operator of a deployed peer: JetStream's API for
+	// stream backups, restores and reports, and no fact subject at all.
+	RoleOps Role = "ops"
 )
 
 // User is one NATS user with a role.
@@ -194,6 +197,11 @@ func Permissions(role Role) (*server.Permissions, error) {
 				events.PeerPrefix + ".>", events.PresencePrefix + ".>", inbox,
 			}},
 			Subscribe: &server.SubjectPermission{Allow: []string{inbox, events.PresencePrefix + ".>"}},
+		}, nil
+	case RoleOps:
+		return &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: []string{"$JS.API.>", "$JS.SNAPSHOT.>", inbox}},
+			Subscribe: &server.SubjectPermission{Allow: []string{inbox, "$JS.SNAPSHOT.>", "$JS.EVENT.>"}},
 		}, nil
 	}
 	return nil, fmt.Errorf("natsauth: unknown role %q", role)

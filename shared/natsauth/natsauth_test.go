@@ -112,6 +112,7 @@ func TestConfigFileMatchesPermissions(t *testing.T) {
 		natsauth.User{Name: "env", Password: "$ENV_PASSWORD", Role: natsauth.RoleClient},
 		natsauth.User{Name: "scoped", Password: "x", Role: natsauth.RoleClient, Authorities: []events.AuthorityID{"aaaaaaaaaaaaaaaaaaaaaaaaaa"}},
 		natsauth.User{Name: "site", Password: "y", Role: natsauth.RolePeer, Peer: "cccccccccccccccccccccccccc"},
+		natsauth.User{Name: "ops", Password: "z", Role: natsauth.RoleOps},
 	)
 	text, err := natsauth.ConfigFile(all...)
 	if err != nil {
