@@ -10,6 +10,7 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/factsync/factsync/shared/natsauth"
 )
 
 // TestComposeFile loads deploy/compose.yaml with compose-go, the loader
@@ -94,6 +95,9 @@ func TestComposeFile(t *testing.T) {
 			}
 			if env("FACTSYNC_NATS_PASSWORD") != "dev-"+wantUser {
 				t.Errorf("%s uses the password of another user", svc)
+			}
+			if svc != "guard" && env("FACTSYNC_MESH_INBOX_PREFIX") != natsauth.ServicesMeshInbox {
+				t.Errorf("%s sends its requests to remote peers with reply prefix %q, want %q", svc, env("FACTSYNC_MESH_INBOX_PREFIX"), natsauth.ServicesMeshInbox)
 			}
 			if !strings.HasPrefix(env("OTEL_EXPORTER_OTLP_ENDPOINT"), "http://otel-collector:") {
 				t.Errorf("%s does not export traces to the collector", svc)

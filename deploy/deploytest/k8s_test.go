@@ -2,6 +2,7 @@ package deploytest
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/shared/natsauth"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -41,6 +44,7 @@ func TestKubernetesManifests(t *testing.T) {
 			checkNATSCluster(t, m)
 			checkServices(t, m)
 			checkCredentials(t, m, k.credentials)
+			checkRemotePeers(t, m, k.credentials)
 		})
 	}
 }
@@ -229,6 +233,10 @@ func checkServices(t *testing.T, m map[string]object) {
 		if key := env["FACTSYNC_NATS_PASSWORD"].str("valueFrom", "secretKeyRef", "key"); key != wantUser {
 			t.Errorf("%s takes its NATS password from key %q, want %q", name, key, wantUser)
 		}
+		if svc != "guard" && env["FACTSYNC_MESH_INBOX_PREFIX"].str("value") != natsauth.ServicesMeshInbox {
+			t.Errorf("%s sends its requests to remote peers with reply prefix %q, want %q, the one inbox their users may answer on",
+				name, env["FACTSYNC_MESH_INBOX_PREFIX"].str("value"), natsauth.ServicesMeshInbox)
+		}
 		for _, k := range []string{"FACTSYNC_NATS", "FACTSYNC_HTTP", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"} {
 			if _, ok := env[k]; !ok {
 				t.Errorf("%s does not set %s", name, k)
@@ -284,9 +292,21 @@ func checkPDB(t *testing.T, m map[string]object, name string, workload object) {
 	}
 }
 
-// The NATS users: the passwords Secret holds exactly these keys, and every
-// workload refers only to them.
-var natsUsers = []string{"client", "peer", "guard", "services", "ops"}
+// natsUsers are the deployed peer's own NATS users, one per role
+// (natsauth.DeployedUsers without remote peers): the passwords Secret
+// factsync-nats-credentials holds exactly these keys, and every workload
+// refers only to them.
+var natsUsers = func() []string {
+	users, err := natsauth.DeployedUsers()
+	if err != nil {
+		panic(err)
+	}
+	names := make([]string, len(users))
+	for i, u := range users {
+		names[i] = u.Name
+	}
+	return names
+}()
 
 func checkCredentials(t *testing.T, m map[string]object, generated bool) {
 	t.Helper()
@@ -332,5 +352,64 @@ func checkCredentials(t *testing.T, m map[string]object, generated bool) {
 				}
 			}
 		}
+	}
+}
+
+// checkRemotePeers: the NATS config Secret carries the permissions file
+// of the kustomization (the dev overlay's, with the example remote peers,
+// replaces the base's), and the NATS pods read the remote peers'
+// passwords from the Secret factsync-nats-peer-credentials, which the dev
+// overlay generates with one key per example peer and the others leave
+// to the operator.
+func checkRemotePeers(t *testing.T, m map[string]object, generated bool) {
+	t.Helper()
+	wantFile, peers := "deploy/k8s/base/nats/permissions.conf", []events.PeerID(nil)
+	if generated {
+		wantFile, peers = devPermissions, examplePeers
+	}
+	var config, credentials object
+	for key, o := range m {
+		switch {
+		case strings.HasPrefix(key, "Secret/nats-config"):
+			config = o
+		case strings.HasPrefix(key, "Secret/factsync-nats-peer-credentials"):
+			credentials = o
+		}
+	}
+	if config == nil {
+		t.Fatal("no Secret nats-config")
+	}
+	got, err := base64.StdEncoding.DecodeString(config.str("data", "permissions.conf"))
+	if err != nil || string(got) != string(readRepoFile(t, wantFile)) {
+		t.Errorf("Secret nats-config does not carry %s as permissions.conf (%v)", wantFile, err)
+	}
+
+	var refs []string
+	for _, c := range m["StatefulSet/nats"].list("spec", "template", "spec", "containers") {
+		for _, e := range c.list("envFrom") {
+			refs = append(refs, e.str("secretRef", "name"))
+		}
+	}
+	if len(refs) != 1 || !strings.HasPrefix(refs[0], "factsync-nats-peer-credentials") {
+		t.Fatalf("the NATS pods take environment from secrets %v, want only factsync-nats-peer-credentials (the remote peers' passwords)", refs)
+	}
+	if !generated {
+		if credentials != nil {
+			t.Error("this kustomization must not carry remote peers' passwords: the Secret factsync-nats-peer-credentials comes from the operator's secret store")
+		}
+		return
+	}
+	if credentials == nil || refs[0] != credentials.name() {
+		t.Fatalf("the NATS pods read remote peers' passwords from %s, but the overlay generates %v", refs[0], credentials.name())
+	}
+	var keys, want []string
+	for k := range credentials.obj("data") {
+		keys = append(keys, k)
+	}
+	for _, p := range peers {
+		want = append(want, strings.TrimPrefix(natsauth.PasswordVariable(natsauth.RemotePeerUser(p)), "$"))
+	}
+	if slices.Sort(keys); !slices.Equal(keys, slices.Sorted(slices.Values(want))) {
+		t.Errorf("Secret factsync-nats-peer-credentials has keys %v, want the password variables of %s: %v", keys, wantFile, want)
 	}
 }

@@ -5,25 +5,62 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/factsync/factsync/events"
 	"github.com/factsync/factsync/shared/bus"
+	"github.com/factsync/factsync/shared/bustest"
+	"github.com/factsync/factsync/shared/natsauth"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
 
+// The permissions files of deploy/, each what `factsync nats-config`
+// renders (natsauth.DeployedConfig) for the remote peers it names: the
+// base has none, and the dev overlay the two example peers.
+var permissionsFiles = []struct {
+	file  string
+	peers []events.PeerID
+}{
+	{file: "deploy/k8s/base/nats/permissions.conf"},
+	{file: devPermissions, peers: examplePeers},
+}
+
+const devPermissions = "deploy/k8s/overlays/dev/permissions.conf"
+
+// examplePeers are the dev overlay's example remote peers.
+var examplePeers = []events.PeerID{"examplepeeraaaaaaaaaaaaaaa", "examplepeerbbbbbbbbbbbbbbb"}
+
 // The NATS configs of deploy/: the compose nodes and the Kubernetes nodes
-// share deploy/k8s/base/nats/permissions.conf, which compose mounts beside
-// cluster.conf in /etc/nats.
+// include permissions.conf from their own directory; compose mounts the
+// base's beside cluster.conf in /etc/nats, and the dev overlay replaces
+// the base's in the Secret nats-config.
 var natsConfigs = []struct {
 	file   string
 	beside []string // files the server finds in the config's directory
 	routes int
+	peers  []events.PeerID // the remote peers of its permissions
 }{
 	{file: "deploy/nats/cluster.conf", beside: []string{"deploy/k8s/base/nats/permissions.conf"}, routes: 3},
 	{file: "deploy/k8s/base/nats/nats.conf", routes: 3},
+	{file: "deploy/k8s/base/nats/nats.conf", beside: []string{devPermissions}, routes: 3, peers: examplePeers},
+}
+
+// TestPermissionsFilesAreRendered: every permissions file of deploy/ is
+// exactly what `factsync nats-config` renders from shared/natsauth, so
+// the deployed users cannot drift from the embedded servers' model.
+func TestPermissionsFilesAreRendered(t *testing.T) {
+	for _, f := range permissionsFiles {
+		want, err := natsauth.DeployedConfig(f.peers...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := string(readRepoFile(t, f.file)); got != want {
+			t.Errorf("%s is not what factsync nats-config renders; render it again with the command in its header.\n--- want\n%s", f.file, want)
+		}
+	}
 }
 
 // natsConfigPath lays out a config as the server sees it and returns its path.
@@ -42,22 +79,24 @@ func natsConfigPath(t *testing.T, file string, beside []string) string {
 }
 
 // setNATSEnv sets what the configs read from the environment, with one
-// password per user (the user's name, for the test).
+// password per user ("pw-" and the user's name, for the test).
 func setNATSEnv(t *testing.T) {
 	t.Setenv("SERVER_NAME", "deploytest")
 	t.Setenv("JS_MAX_FILE_STORE", "1G")
-	t.Setenv("CLIENT_PASSWORD", "pw-client")
-	t.Setenv("PEER_PASSWORD", "pw-peer")
-	t.Setenv("GUARD_PASSWORD", "pw-guard")
-	t.Setenv("SERVICES_PASSWORD", "pw-services")
-	t.Setenv("OPS_PASSWORD", "pw-ops")
+	users, err := natsauth.DeployedUsers(examplePeers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range users {
+		t.Setenv(strings.TrimPrefix(u.Password, "$"), "pw-"+u.Name)
+	}
 }
 
 // TestNATSConfigs loads each config with nats-server's own parser.
 func TestNATSConfigs(t *testing.T) {
 	setNATSEnv(t)
 	for _, c := range natsConfigs {
-		t.Run(c.file, func(t *testing.T) {
+		t.Run(strings.Join(append([]string{c.file}, c.beside...), "+"), func(t *testing.T) {
 			opts, err := server.ProcessConfigFile(natsConfigPath(t, c.file, c.beside))
 			if err != nil {
 				t.Fatalf("nats-server rejects %s: %v", c.file, err)
@@ -78,21 +117,25 @@ func TestNATSConfigs(t *testing.T) {
 					t.Errorf("%s: user %s has no password from the environment", c.file, u.Username)
 				}
 			}
-			if !slices.Equal(slices.Sorted(slices.Values(names)), slices.Sorted(slices.Values(natsUsers))) {
-				t.Errorf("%s: users %v, want %v", c.file, names, natsUsers)
+			want := slices.Clone(natsUsers)
+			for _, p := range c.peers {
+				want = append(want, natsauth.RemotePeerUser(p))
+			}
+			if !slices.Equal(slices.Sorted(slices.Values(names)), slices.Sorted(slices.Values(want))) {
+				t.Errorf("%s: users %v, want %v", c.file, names, want)
 			}
 		})
 	}
 }
 
-// TestNATSPermissions starts a real nats-server with the deployed users
-// and permissions and checks, user by user, which subjects it can publish
-// to. An observer sees every message; each probe publish is followed by a
-// sentinel on the same connection, so once the sentinel arrives the probe
-// has arrived too, unless the server dropped it.
-func TestNATSPermissions(t *testing.T) {
+// startDeployedNATS starts a real nats-server with the users and
+// permissions of the dev overlay's config (the base's users and the two
+// example remote peers), plus an "observer" that may subscribe to
+// everything, and returns its client URL.
+func startDeployedNATS(t *testing.T) string {
+	t.Helper()
 	setNATSEnv(t)
-	deployed, err := server.ProcessConfigFile(repoPath(t, "deploy/k8s/base/nats/nats.conf"))
+	deployed, err := server.ProcessConfigFile(natsConfigPath(t, "deploy/k8s/base/nats/nats.conf", []string{devPermissions}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,12 +150,28 @@ func TestNATSPermissions(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(ns.Shutdown)
+	return ns.ClientURL()
+}
 
-	observer, err := nats.Connect(ns.ClientURL(), nats.UserInfo("observer", "observer"))
-	if err != nil {
-		t.Fatal(err)
+// connectAs connects to url as a deployed user (password "pw-<user>"; see
+// setNATSEnv), on the private inbox of a remote peer's user.
+func connectAs(t *testing.T, url, user string) *bustest.Watched {
+	t.Helper()
+	opts := []nats.Option{nats.UserInfo(user, "pw-"+user)}
+	if strings.HasPrefix(user, "peer-") {
+		opts = append(opts, nats.CustomInboxPrefix(natsauth.InboxPrefix(user)))
 	}
-	t.Cleanup(observer.Close)
+	return bustest.ConnectWatched(t, url, opts...)
+}
+
+// TestNATSPermissions starts a real nats-server with the deployed users
+// and permissions and checks, user by user, which subjects it can publish
+// to. An observer sees every message; each probe publish is followed by a
+// sentinel on the same connection, so once the sentinel arrives the probe
+// has arrived too, unless the server dropped it.
+func TestNATSPermissions(t *testing.T) {
+	url := startDeployedNATS(t)
+	observer := bustest.Connect(t, url, nats.UserInfo("observer", "observer"))
 	seen := make(chan *nats.Msg, 64)
 	if _, err := observer.ChanSubscribe(">", seen); err != nil {
 		t.Fatal(err)
@@ -122,43 +181,53 @@ func TestNATSPermissions(t *testing.T) {
 	}
 
 	const auth = events.AuthorityID("aaaaaaaaaaaaaaaaaaaaaaaaaa")
-	const peer = events.PeerID("peerpeerpeerpeer")
+	a, b := examplePeers[0], examplePeers[1]
 	journal := events.JournalSubject(auth, "notes")
 	token := events.TokenSubject(auth, "0123abcd")
 	denied := events.DeniedSubject(events.Reason("bad_signature"))
 	ingress := events.IngressFactSubject(auth)
 	api := events.APISubject("journal", "get", auth)
 	svc := events.ServiceSubject("journal", "get", auth)
-	peerReq := events.PeerSubject(peer, "antientropy", "reconcile")
+	peerReq := events.PeerSubject(b, "antientropy", "reconcile")
 	changes := events.ChangesSubject(auth, "notes", "doc1")
-	checkpoint := events.CheckpointSubject(peer)
+	checkpoint := events.CheckpointSubject(a)
 	jsAPI := "$JS.API.STREAM.INFO.JOURNAL"
+	purgeJournal := "$JS.API.STREAM.PURGE." + events.StreamJournal
+	ackIngress := "$JS.ACK." + events.StreamIngress + ".guard.1.1.1.0.0"
+	sharedInbox := "_INBOX.deploytest.reply"
+	servicesInbox := natsauth.ServicesMeshInbox + ".deploytest.reply"
+	peerA := natsauth.RemotePeerUser(a)
+	peerBInbox := natsauth.InboxPrefix(natsauth.RemotePeerUser(b)) + ".deploytest.reply"
 
 	cases := []struct {
 		user  string
 		allow []string
 		deny  []string
 	}{
-		{user: "client", allow: []string{ingress, api}, deny: []string{journal, token, denied, svc, peerReq, changes, jsAPI}},
-		{user: "peer", allow: []string{ingress, api, peerReq, events.PresenceSubject(peer)}, deny: []string{journal, token, denied, svc, changes, jsAPI}},
-		{user: "guard", allow: []string{journal, token, denied, svc, jsAPI}, deny: []string{ingress, changes}},
-		{user: "services", allow: []string{ingress, peerReq, changes, checkpoint, jsAPI, "$KV.leases.snapshot"}, deny: []string{journal, token, denied}},
+		{user: "client", allow: []string{ingress, api, peerReq}, deny: []string{journal, token, denied, svc, changes, jsAPI}},
+		{user: "guard", allow: []string{journal, token, denied, svc, jsAPI, servicesInbox, peerBInbox}},
+		{user: "services", allow: []string{ingress, peerReq, changes, checkpoint, jsAPI, "$KV.leases.snapshot"},
+			deny: []string{journal, token, denied, purgeJournal, ackIngress}},
 		{user: "ops", allow: []string{jsAPI}, deny: []string{journal, token, denied, ingress, api}},
+		{user: peerA, allow: []string{peerReq, events.PresenceSubject(a), servicesInbox, peerBInbox},
+			deny: []string{journal, token, denied, ingress, api, svc, changes, jsAPI, events.PresenceSubject(b), sharedInbox}},
 	}
 	for _, c := range cases {
 		t.Run(c.user, func(t *testing.T) {
-			nc, err := nats.Connect(ns.ClientURL(), nats.UserInfo(c.user, "pw-"+c.user), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
-			if err != nil {
-				t.Fatalf("connect as %s: %v", c.user, err)
+			nc := connectAs(t, url, c.user)
+			// A remote peer may not publish to _INBOX.>, only to the
+			// inboxes of those it answers.
+			sentinel := "_INBOX.deploytest.sentinel"
+			if c.user == peerA {
+				sentinel = natsauth.ServicesMeshInbox + ".deploytest.sentinel"
 			}
-			defer nc.Close()
 			for _, subject := range c.allow {
-				if !delivered(t, nc, seen, subject) {
+				if !delivered(t, nc.Conn, seen, subject, sentinel) {
 					t.Errorf("%s cannot publish to %s", c.user, subject)
 				}
 			}
 			for _, subject := range c.deny {
-				if delivered(t, nc, seen, subject) {
+				if delivered(t, nc.Conn, seen, subject, sentinel) {
 					t.Errorf("%s can publish to %s", c.user, subject)
 				}
 			}
@@ -168,13 +237,13 @@ func TestNATSPermissions(t *testing.T) {
 
 var sentinelSeq int
 
-// delivered publishes to subject, then a sentinel inbox message on the
-// same connection, and reports whether the observer saw the first before
-// the sentinel.
-func delivered(t *testing.T, nc *nats.Conn, seen <-chan *nats.Msg, subject string) bool {
+// delivered publishes to subject, then a sentinel message under
+// sentinelPrefix on the same connection, and reports whether the observer
+// saw the first before the sentinel.
+func delivered(t *testing.T, nc *nats.Conn, seen <-chan *nats.Msg, subject, sentinelPrefix string) bool {
 	t.Helper()
 	sentinelSeq++
-	sentinel := fmt.Sprintf("_INBOX.deploytest.sentinel.%d", sentinelSeq)
+	sentinel := fmt.Sprintf("%s.%d", sentinelPrefix, sentinelSeq)
 	if err := nc.Publish(subject, []byte("probe")); err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +265,7 @@ func delivered(t *testing.T, nc *nats.Conn, seen <-chan *nats.Msg, subject strin
 				return got
 			}
 		case <-deadline:
-			t.Fatalf("the sentinel %s never arrived: every user must be able to publish to _INBOX.>", sentinel)
+			t.Fatalf("the sentinel %s never arrived: the user must be able to publish to %s", sentinel, sentinelPrefix)
 		}
 	}
 }
