@@ -33,7 +33,12 @@ func connectClient(ctx context.Context, sc stackContext) (*nats.Conn, error) {
 
 // request sends one request and turns an error reply into its *events.Error.
 func request(ctx context.Context, nc *nats.Conn, subject string, body []byte, header nats.Header) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	return requestWithin(ctx, nc, subject, body, header, requestTimeout)
+}
+
+// requestWithin is request with its own timeout.
+func requestWithin(ctx context.Context, nc *nats.Conn, subject string, body []byte, header nats.Header, timeout time.Duration) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	msg := &nats.Msg{Subject: subject, Data: body, Header: header}
 	if msg.Header == nil {
@@ -107,7 +112,13 @@ func (c *apiClient) call(ctx context.Context, proto, op string, req, reply any) 
 	for k, v := range c.header {
 		h[k] = v
 	}
-	raw, err := request(ctx, c.nc, events.APISubject(proto, op, c.authority), body, h)
+	timeout := requestTimeout
+	if events.LongRequest(proto, op) {
+		// Longer than the guard waits, so its answer (the result, or why
+		// there is none yet) arrives first.
+		timeout = events.LongRequestTimeout + requestTimeout
+	}
+	raw, err := requestWithin(ctx, c.nc, events.APISubject(proto, op, c.authority), body, h, timeout)
 	if err != nil {
 		return nil, err
 	}

@@ -61,6 +61,10 @@ type Config struct {
 	MaxAtomicBatch int
 	// RequestTimeout bounds a forwarded request (default 10s).
 	RequestTimeout time.Duration
+	// LongRequestTimeout bounds a forwarded request whose work grows with
+	// the authority's history, events.LongRequest (default
+	// events.LongRequestTimeout).
+	LongRequestTimeout time.Duration
 	// RateWindow is the window of the policy's per-authority rate limits
 	// (default 1s).
 	RateWindow time.Duration
@@ -78,6 +82,7 @@ func (c Config) withDefaults() Config {
 	def(&c.MaxClockSkew, DefaultMaxClockSkew)
 	def(&c.AckWait, 30*time.Second)
 	def(&c.RequestTimeout, 10*time.Second)
+	def(&c.LongRequestTimeout, events.LongRequestTimeout)
 	def(&c.RateWindow, time.Second)
 	if c.IngressBatch <= 0 {
 		c.IngressBatch = 64

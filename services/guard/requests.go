@@ -218,12 +218,21 @@ func (g *running) forward(ctx context.Context, m *nats.Msg, peer bool) (*nats.Ms
 	fwd.Header.Set(events.HeaderDevice, string(device))
 	bus.InjectTrace(ctx, fwd.Header)
 	fwd.Data = m.Data
-	rctx, cancel := context.WithTimeout(ctx, g.cfg.RequestTimeout)
+	timeout := g.cfg.RequestTimeout
+	if events.LongRequest(addr.Proto, addr.Op) {
+		timeout = g.cfg.LongRequestTimeout
+	}
+	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	reply, err := g.env.Conn.RequestMsgWithContext(rctx, fwd)
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
 		return nil, events.Errorf(events.ReasonUnavailable, "no %s service answers %s", addr.Proto, fwd.Subject)
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+		// The service goes on with work it has started; say so, so the
+		// caller looks before doing it again.
+		return nil, events.Errorf(events.ReasonUnavailable, "the %s service did not answer %s %s within %s; what it started goes on without this request: check its state (e.g. factsync %s list) before retrying",
+			addr.Proto, addr.Op, addr.Authority, timeout, addr.Proto)
 	case err != nil:
 		return nil, events.Wrap(events.ReasonUnavailable, err, "forward to "+fwd.Subject)
 	}

@@ -402,5 +402,7 @@ func (s *Service) settledCut(ctx context.Context, auth events.AuthorityID) (uint
 }
 
 // defaultPruneTimeout bounds the guard's work on one prune: it reads the
-// authority's JOURNAL twice and writes the kept facts again.
-const defaultPruneTimeout = 2 * time.Minute
+// authority's JOURNAL twice and writes the kept facts again. It stays
+// below events.LongRequestTimeout, so the caller of a prune hears how the
+// guard's part went.
+const defaultPruneTimeout = 10 * time.Minute

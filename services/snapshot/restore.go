@@ -78,7 +78,11 @@ func (p PeerSource) Approve(ctx context.Context, auth events.AuthorityID, manife
 
 func (p PeerSource) request(ctx context.Context, auth events.AuthorityID, op string, body, reply any) error {
 	timeout := p.Timeout
-	if timeout <= 0 {
+	switch {
+	case timeout > 0:
+	case events.LongRequest(events.SnapshotProto, op):
+		timeout = events.LongRequestTimeout // an approver builds the snapshot too
+	default:
 		timeout = 10 * time.Second
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)

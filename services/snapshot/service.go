@@ -73,7 +73,7 @@ type Config struct {
 	// Retention is per-authority retention; others get DefaultRetention.
 	Retention        map[events.AuthorityID]Retention
 	DefaultRetention Retention
-	// PruneTimeout bounds the guard's work on one prune; default 2m.
+	// PruneTimeout bounds the guard's work on one prune; default 10m.
 	PruneTimeout time.Duration
 
 	// afterBuild is a test hook between building a snapshot and writing
