@@ -37,7 +37,7 @@ type SyncReport struct {
 	Peer      PeerID       `json:"peer"`
 	Authority AuthorityID  `json:"authority"`
 	State     SessionState `json:"state"`
-	// Mode is the reconciliation protocol, "riblt" or "negentropy".
+	// Mode is the reconciliation protocol, "riblt2" or "negentropy".
 	Mode string `json:"mode,omitempty"`
 	// Fallback is set when riblt could not hold the difference and the
 	// session reconciled with negentropy instead.
@@ -53,6 +53,11 @@ type SyncReport struct {
 	// them again, so a fact counted here can still be denied there.
 	Pulled int `json:"pulled"`
 	Pushed int `json:"pushed"`
+	// Extra counts facts among Pulled and Pushed that moved only because
+	// their id shares its riblt prefix with a fact the other side lacked.
+	// They are harmless (a journal only grows), and two facts sharing a
+	// 20-byte prefix are not expected to occur (docs/antientropy.md).
+	Extra int `json:"extra,omitempty"`
 	// Lag is how many facts this peer lacked when the session began.
 	Lag      int       `json:"lag"`
 	Started  time.Time `json:"started"`

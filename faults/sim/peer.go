@@ -35,10 +35,14 @@ type (
 		symbols []byte
 		err     error
 	}
-	// factRequest asks for facts by id; factPush carries encoded facts
+	// factRequest asks for facts by id (after negentropy) and by id
+	// prefix (after riblt); factPush carries encoded facts
 	// (events.Fact.Marshal), decoded and checked again on arrival.
-	factRequest struct{ ids []events.FactID }
-	factPush    struct{ facts [][]byte }
+	factRequest struct {
+		ids      []events.FactID
+		prefixes []riblt.Prefix
+	}
+	factPush struct{ facts [][]byte }
 )
 
 // peer is one simulated site: its facts, the structures reconciliation
@@ -48,10 +52,13 @@ type peer struct {
 	device ed25519.PrivateKey
 	clock  *events.Clock
 
-	facts  map[events.FactID]*events.Fact
-	index  *negentropy.Index
-	sketch *riblt.Sketch
-	fold   Folder
+	facts map[events.FactID]*events.Fact
+	// byPrefix finds facts by the riblt prefix of their ids, as the
+	// service's fetch by prefix does.
+	byPrefix map[riblt.Prefix][]events.FactID
+	index    *negentropy.Index
+	sketch   *riblt.Sketch
+	fold     Folder
 
 	initiated  map[uint64]*initiation
 	responding map[uint64]*response
@@ -81,6 +88,8 @@ func (p *peer) add(f *events.Fact) bool {
 		return false
 	}
 	p.facts[f.ID] = f
+	prefix := riblt.PrefixOf(f.ID)
+	p.byPrefix[prefix] = append(p.byPrefix[prefix], f.ID)
 	p.index.Insert(negentropy.Item{Timestamp: uint64(f.HLC.Seconds()), ID: f.ID})
 	p.sketch.Add(f.ID)
 	p.fold.Apply(f)
@@ -121,4 +130,14 @@ func (p *peer) encoded(ids []events.FactID) [][]byte {
 		}
 	}
 	return out
+}
+
+// withPrefixes returns the ids of the facts this peer holds under
+// prefixes, in the order asked.
+func (p *peer) withPrefixes(prefixes []riblt.Prefix) []events.FactID {
+	var ids []events.FactID
+	for _, prefix := range prefixes {
+		ids = append(ids, p.byPrefix[prefix]...)
+	}
+	return ids
 }

@@ -178,6 +178,7 @@ func Run(cfg Config) (Result, error) {
 			device:     device,
 			clock:      events.NewClock(func() time.Time { return w.wallClock(skew) }, events.HLC{}),
 			facts:      map[events.FactID]*events.Fact{},
+			byPrefix:   map[riblt.Prefix][]events.FactID{},
 			index:      &negentropy.Index{},
 			sketch:     riblt.NewSketch(cfg.SketchSize),
 			fold:       cfg.NewFold(),
@@ -352,7 +353,7 @@ func (w *world) handle(e *envelope) {
 	case ribltSymbols:
 		w.continueRiblt(p, m)
 	case factRequest:
-		if facts := p.encoded(m.ids); len(facts) > 0 {
+		if facts := p.encoded(append(slices.Clone(m.ids), p.withPrefixes(m.prefixes)...)); len(facts) > 0 {
 			w.net.send(w.now, p.id, e.from, factPush{facts: facts})
 		}
 	case factPush:
@@ -403,7 +404,7 @@ func (w *world) continueNegentropy(p *peer, m negReply) {
 		w.err = fmt.Errorf("peer %d: negentropy reply from %d: %w", p.id, s.with, err)
 		return
 	}
-	w.exchange(p, s.with, have, need)
+	w.exchange(p, s.with, have, factRequest{ids: slices.Clone(need)})
 	if next == nil {
 		delete(p.initiated, m.session)
 		w.stats.Completed++
@@ -451,7 +452,10 @@ func (w *world) continueRiblt(p *peer, m ribltSymbols) {
 		return
 	}
 	if s.dec.Done() {
-		w.exchange(p, s.with, s.dec.Local(), s.dec.Remote())
+		// The facts behind the prefixes. The fingerprint check
+		// (riblt.Decoder.Confirm) is left out: the facts asked for
+		// arrive later, and no two ids here share a prefix.
+		w.exchange(p, s.with, p.withPrefixes(s.dec.Local()), factRequest{prefixes: slices.Clone(s.dec.Remote())})
 		delete(p.initiated, m.session)
 		w.stats.Completed++
 		return
@@ -469,12 +473,12 @@ func (w *world) continueRiblt(p *peer, m ribltSymbols) {
 
 // exchange pushes the facts the other side lacks and asks for those this
 // side lacks.
-func (w *world) exchange(p *peer, other int, have, need []events.FactID) {
+func (w *world) exchange(p *peer, other int, have []events.FactID, need factRequest) {
 	if facts := p.encoded(have); len(facts) > 0 {
 		w.net.send(w.now, p.id, other, factPush{facts: facts})
 	}
-	if len(need) > 0 {
-		w.net.send(w.now, p.id, other, factRequest{ids: slices.Clone(need)})
+	if len(need.ids)+len(need.prefixes) > 0 {
+		w.net.send(w.now, p.id, other, need)
 	}
 }
 

@@ -26,13 +26,17 @@ import (
 //  1. open, offering riblt then negentropy;
 //  2. reconcile: riblt symbols until the difference decodes, or, if the
 //     difference is larger than the sketch, negentropy rounds; either way
-//     this peer learns need (ids only P has) and have (ids only it has);
+//     this peer learns need (facts only P has) and have (facts only it
+//     has), by id prefix after riblt and by whole id after negentropy;
 //  3. pull: fetch need in batches and publish each batch into local
 //     INGRESS, where this peer's guard checks every fact;
 //  4. push: send have in batches to P's push operation, which publishes
 //     them into P's INGRESS, where P's guard checks them (a remote peer's
 //     NATS user may not publish to INGRESS itself);
-//  5. end, with the outcome.
+//  5. after riblt, confirm: the facts pulled and pushed must turn this
+//     peer's set into P's, by P's fingerprint; if two facts shared a
+//     prefix they do not, and steps 2 to 4 run again with negentropy;
+//  6. end, with the outcome.
 
 // remoteCall is one session's requests to a remote peer, through its guard.
 type remoteCall struct {
@@ -148,33 +152,60 @@ func (s *Service) syncWith(ctx context.Context, peer events.PeerID, auth events.
 // exchange reconciles, pulls and pushes within an open session.
 func (s *Service) exchange(ctx context.Context, c *remoteCall, open OpenReply) error {
 	set := s.set(c.auth, true)
-	var have, need []events.FactID
-	var err error
 	if open.Mode == ModeRIBLT && set.sketch != nil {
-		have, need, err = s.reconcileRIBLT(ctx, c, set, open.RIBLTSymbols)
-		if events.ReasonOf(err) == events.ReasonTooLarge {
-			c.rep.Fallback, c.rep.Mode = true, ModeNegentropy
-			have, need, err = s.reconcileNegentropy(ctx, c, set, open.Floor)
+		err := s.exchangeRIBLT(ctx, c, set, open)
+		switch events.ReasonOf(err) {
+		case "":
+			return nil
+		case events.ReasonConflict:
+			s.log.Warn("antientropy: the riblt difference did not confirm; reconciling with negentropy", "peer", c.peer, "authority", c.auth, "err", err)
+		case events.ReasonTooLarge:
+		default:
+			return err
 		}
-	} else {
-		have, need, err = s.reconcileNegentropy(ctx, c, set, open.Floor)
+		c.rep.Fallback, c.rep.Mode = true, ModeNegentropy
 	}
+	have, need, err := s.reconcileNegentropy(ctx, c, set, open.Floor)
 	if err != nil {
 		return err
 	}
 	c.rep.Lag = len(need)
-	if err := s.pull(ctx, c, need); err != nil {
+	if _, err := s.pull(ctx, c, idRefs(need)); err != nil {
 		return err
 	}
-	return s.pushTo(ctx, c, have)
+	_, err = s.pushTo(ctx, c, idRefs(have))
+	return err
+}
+
+// exchangeRIBLT decodes the difference's prefixes, pulls and pushes the
+// facts behind them, and confirms they were the difference. It fails
+// too_large when the difference needs more symbols than either side
+// keeps, and conflict when the facts do not confirm.
+func (s *Service) exchangeRIBLT(ctx context.Context, c *remoteCall, set *factSet, open OpenReply) error {
+	if open.RIBLTFingerprint == nil {
+		return events.Errorf(events.ReasonMalformed, "peer %s opened a %s session without a riblt_fingerprint", c.peer, ModeRIBLT)
+	}
+	dec, err := s.reconcileRIBLT(ctx, c, set, open.RIBLTSymbols)
+	if err != nil {
+		return err
+	}
+	c.rep.Lag = len(dec.Remote())
+	fetched, err := s.pull(ctx, c, prefixRefs(dec.Remote()))
+	if err != nil {
+		return err
+	}
+	resolved, err := s.pushTo(ctx, c, prefixRefs(dec.Local()))
+	if err != nil {
+		return err
+	}
+	return dec.Confirm(*open.RIBLTFingerprint, fetched, resolved)
 }
 
 // reconcileRIBLT asks for symbols in the batches the decoder wants until
 // the difference decodes. It fails too_large when the difference needs
 // more symbols than either side keeps.
-func (s *Service) reconcileRIBLT(ctx context.Context, c *remoteCall, set *factSet, remoteSize int) (have, need []events.FactID, err error) {
-	local := set.sketch.Clone()
-	dec := riblt.NewDecoder(local)
+func (s *Service) reconcileRIBLT(ctx context.Context, c *remoteCall, set *factSet, remoteSize int) (*riblt.Decoder, error) {
+	dec := riblt.NewDecoder(set.sketch.Clone())
 	for n := dec.NextBatch(); n > 0; n = dec.NextBatch() {
 		from := dec.Received()
 		n = min(n, MaxSymbols, remoteSize-from)
@@ -184,17 +215,17 @@ func (s *Service) reconcileRIBLT(ctx context.Context, c *remoteCall, set *factSe
 		body, _ := json.Marshal(SymbolsRequest{Session: c.session, From: from, Count: n})
 		raw, err := c.do(ctx, OpSymbols, body)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		c.rep.Rounds++
 		if err := dec.AddSymbols(raw); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
 	if !dec.Done() {
-		return nil, nil, events.Errorf(events.ReasonTooLarge, "the difference with peer %s needs more riblt symbols than the sketches keep", c.peer)
+		return nil, events.Errorf(events.ReasonTooLarge, "the difference with peer %s needs more riblt symbols than the sketches keep", c.peer)
 	}
-	return dec.Local(), dec.Remote(), nil
+	return dec, nil
 }
 
 // reconcileNegentropy runs negentropy rounds from a copy of the local
@@ -222,65 +253,93 @@ func (s *Service) reconcileNegentropy(ctx context.Context, c *remoteCall, set *f
 	return have, need, err
 }
 
-// pull fetches need in batches and publishes each into local INGRESS.
-// Facts the peer sends that were not asked for are dropped.
-func (s *Service) pull(ctx context.Context, c *remoteCall, need []events.FactID) error {
+// pull fetches need in batches, publishes each into local INGRESS and
+// returns the ids of the facts pulled. Facts the peer sends that were not
+// asked for are dropped; facts beyond the first under an asked prefix are
+// taken and counted extra.
+func (s *Service) pull(ctx context.Context, c *remoteCall, need []factRef) ([]events.FactID, error) {
+	var pulled []events.FactID
 	for len(need) > 0 {
 		n := min(len(need), s.cfg.BatchSize)
 		asking := need[:n]
-		ids, asked := make([]string, n), make(map[events.FactID]bool, n)
-		for i, id := range asking {
-			ids[i], asked[id] = id.String(), true
-		}
 		need = need[n:]
-		body, _ := json.Marshal(FetchRequest{Session: c.session, IDs: ids})
+		req := FetchRequest{Session: c.session}
+		byPrefix := make(map[riblt.Prefix][]int, n)
+		for i, ref := range asking {
+			if ref.whole {
+				req.IDs = append(req.IDs, ref.id.String())
+			} else {
+				req.Prefixes = append(req.Prefixes, ref.prefix.String())
+			}
+			byPrefix[ref.prefix] = append(byPrefix[ref.prefix], i)
+		}
+		body, _ := json.Marshal(req)
 		raw, err := c.do(ctx, OpFetch, body)
 		if err != nil {
-			return err
+			return pulled, err
 		}
 		var batch eventsv1.FactBatch
 		if err := proto.Unmarshal(raw, &batch); err != nil {
-			return events.Wrap(events.ReasonMalformed, err, fmt.Sprintf("peer %s sent a fetch reply that is not a FactBatch", c.peer))
+			return pulled, events.Wrap(events.ReasonMalformed, err, fmt.Sprintf("peer %s sent a fetch reply that is not a FactBatch", c.peer))
 		}
+		answered := make([]bool, n)
+		got := map[events.FactID]bool{}
 		var kept []*events.Fact
 		var traces []*eventsv1.TraceContext
 		for i, sf := range batch.Facts {
-			if f, err := events.FactFromProto(sf); err == nil && asked[f.ID] {
-				delete(asked, f.ID)
+			f, err := events.FactFromProto(sf)
+			if err != nil || got[f.ID] {
+				continue
+			}
+			for _, j := range byPrefix[riblt.PrefixOf(f.ID)] {
+				if !asking[j].matches(f.ID) {
+					continue
+				}
+				if answered[j] {
+					c.rep.Extra++
+				}
+				answered[j], got[f.ID] = true, true
 				kept, traces = append(kept, f), append(traces, traceAt(&batch, i))
+				break
 			}
 		}
 		if len(kept) == 0 {
 			continue
 		}
 		// A reply holds what fits in one batch; ask again for the rest.
-		var rest []events.FactID
-		for _, id := range asking {
-			if asked[id] {
-				rest = append(rest, id)
+		var rest []factRef
+		for j, ref := range asking {
+			if !answered[j] {
+				rest = append(rest, ref)
 			}
 		}
 		need = append(rest, need...)
 		if err := s.ingest(ctx, c.peer, c.auth, kept, traces, batch.Tokens); err != nil {
-			return err
+			return pulled, err
 		}
 		c.rep.Pulled += len(kept)
+		for _, f := range kept {
+			pulled = append(pulled, f.ID)
+		}
 	}
-	return nil
+	return pulled, nil
 }
 
 // pushTo sends the facts the peer lacks, in batches, to its push
-// operation.
-func (s *Service) pushTo(ctx context.Context, c *remoteCall, have []events.FactID) error {
+// operation, and returns the ids of the facts pushed.
+func (s *Service) pushTo(ctx context.Context, c *remoteCall, have []factRef) ([]events.FactID, error) {
+	var pushed []events.FactID
 	for len(have) > 0 {
-		n := min(len(have), s.cfg.BatchSize)
-		batch, stored, err := s.batch(ctx, c.auth, have[:n])
+		batch, err := s.batch(ctx, c.auth, have[:min(len(have), s.cfg.BatchSize)])
 		if err != nil {
-			return err
+			return pushed, err
 		}
-		have = have[len(batch.Facts):]
-		end := s.traceOutgoing(ctx, spanPush, c.peer, c.auth, batch, stored)
-		body, err := proto.Marshal(batch)
+		have = have[batch.served:]
+		if len(batch.Facts) == 0 {
+			continue // prefixes with no fact here: Confirm will say so
+		}
+		end := s.traceOutgoing(ctx, spanPush, c.peer, c.auth, batch.FactBatch, batch.stored)
+		body, err := proto.Marshal(batch.FactBatch)
 		if err != nil {
 			err = events.Wrap(events.ReasonInternal, err, "encode fact batch")
 		} else {
@@ -288,11 +347,15 @@ func (s *Service) pushTo(ctx context.Context, c *remoteCall, have []events.FactI
 		}
 		end(err)
 		if err != nil {
-			return err
+			return pushed, err
 		}
 		c.rep.Pushed += len(batch.Facts)
+		c.rep.Extra += batch.extra
+		for _, sf := range batch.stored {
+			pushed = append(pushed, sf.fact.ID)
+		}
 	}
-	return nil
+	return pushed, nil
 }
 
 // endSession records the session's report on its span and ends it.
@@ -305,6 +368,7 @@ func endSession(span trace.Span, rep *SyncReport) {
 		attribute.Int("factsync.antientropy.lag", rep.Lag),
 		attribute.Int("factsync.antientropy.pulled", rep.Pulled),
 		attribute.Int("factsync.antientropy.pushed", rep.Pushed),
+		attribute.Int("factsync.antientropy.extra", rep.Extra),
 		attribute.Int("factsync.antientropy.bytes_out", rep.BytesOut),
 		attribute.Int("factsync.antientropy.bytes_in", rep.BytesIn))
 	if rep.State == StateFailed {

@@ -398,4 +398,37 @@ func TestLargeFactsSyncInBatchesThatFitIngress(t *testing.T) {
 		_, nb := b.svc.Root(d.auth())
 		return na == 80 && nb == 80 && a.root(d.auth()) == b.root(d.auth())
 	}, "A and B to hold all 80 large facts")
+	// The sessions ran riblt: they fetched and pushed by id prefix, each
+	// difference confirmed against the peer's fingerprint (no fallback),
+	// and no fact moved for sharing a prefix.
+	moved := 0
+	for _, p := range []*meshPeer{a, b} {
+		for _, rep := range p.status(t, d.auth()).Sessions {
+			if rep.Mode == "" {
+				continue // failed before a mode was chosen
+			}
+			if rep.Mode != antientropy.ModeRIBLT || rep.Fallback || rep.Extra != 0 {
+				t.Errorf("peer %s: session %+v; want %s without fallback or extra facts", p.name, rep, antientropy.ModeRIBLT)
+			}
+			moved += rep.Pulled + rep.Pushed
+		}
+	}
+	if moved == 0 {
+		t.Error("no session pulled or pushed a fact")
+	}
+}
+
+// status asks the peer's service for its status of auth, as `factsync
+// sync status` does.
+func (p *meshPeer) status(t *testing.T, auth events.AuthorityID) antientropy.Status {
+	t.Helper()
+	m, err := p.nc.Request(events.ServiceSubject(antientropy.Name, antientropy.OpStatus, auth), []byte("{}"), 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st antientropy.Status
+	if err := json.Unmarshal(m.Data, &st); err != nil {
+		t.Fatalf("status reply %s: %v", m.Data, err)
+	}
+	return st
 }

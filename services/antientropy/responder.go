@@ -257,7 +257,8 @@ func (s *Service) open(ctx context.Context, auth events.AuthorityID, device stri
 	reply := OpenReply{Session: se.id, Mode: se.mode, Count: count, TimeoutMillis: s.cfg.SessionTimeout.Milliseconds(),
 		Floor: se.floor, Snapshot: offerOf(own)}
 	if se.sketch != nil {
-		reply.RIBLTSymbols = se.sketch.Size()
+		fp := se.sketch.Fingerprint()
+		reply.RIBLTSymbols, reply.RIBLTFingerprint = se.sketch.Size(), &fp
 	}
 	return json.Marshal(reply)
 }
@@ -298,12 +299,12 @@ func symbols(se *session, req SymbolsRequest) ([]byte, error) {
 	return se.sketch.AppendSymbols(make([]byte, 0, req.Count*riblt.SymbolSize), req.From, req.From+req.Count)
 }
 
-// fetch answers the asked-for facts with the tokens they cite and, for
-// each fact, its trace context, continued towards peer (the requester;
-// its device key is its peer key).
+// fetch answers the asked-for facts, by id and by prefix, with the tokens
+// they cite and, for each fact, its trace context, continued towards peer
+// (the requester; its device key is its peer key).
 func (s *Service) fetch(ctx context.Context, peer events.PeerID, auth events.AuthorityID, req FetchRequest) ([]byte, error) {
-	if len(req.IDs) > MaxFetch {
-		return nil, events.Errorf(events.ReasonTooLarge, "fetch asks for %d facts, limit %d", len(req.IDs), MaxFetch)
+	if n := len(req.IDs) + len(req.Prefixes); n > MaxFetch {
+		return nil, events.Errorf(events.ReasonTooLarge, "fetch asks for %d facts, limit %d", n, MaxFetch)
 	}
 	ids := make([]events.FactID, len(req.IDs))
 	for i, h := range req.IDs {
@@ -312,12 +313,19 @@ func (s *Service) fetch(ctx context.Context, peer events.PeerID, auth events.Aut
 			return nil, err
 		}
 	}
-	batch, stored, err := s.batch(ctx, auth, ids)
+	prefixes := make([]riblt.Prefix, len(req.Prefixes))
+	for i, h := range req.Prefixes {
+		var err error
+		if prefixes[i], err = riblt.ParsePrefix(h); err != nil {
+			return nil, err
+		}
+	}
+	batch, err := s.batch(ctx, auth, append(idRefs(ids), prefixRefs(prefixes)...))
 	if err != nil {
 		return nil, err
 	}
-	end := s.traceOutgoing(ctx, spanFetch, peer, auth, batch, stored)
-	out, err := proto.Marshal(batch)
+	end := s.traceOutgoing(ctx, spanFetch, peer, auth, batch.FactBatch, batch.stored)
+	out, err := proto.Marshal(batch.FactBatch)
 	if err != nil {
 		err = events.Wrap(events.ReasonInternal, err, "encode fact batch")
 	}

@@ -229,7 +229,18 @@ type factSet struct {
 	index  negentropy.Index
 	sketch *riblt.Sketch // nil when riblt is off
 	mu     sync.RWMutex
-	seq    map[events.FactID]uint64
+	// seq is where each fact sits in JOURNAL, keyed by its id's riblt
+	// prefix, since after riblt a peer asks for facts by prefix. A
+	// 20-byte key also makes an entry 32 bytes instead of 40 (about 37
+	// MB instead of 46 for a million facts); a fetch by whole id reads the
+	// fact back and checks the rest of its id.
+	seq map[riblt.Prefix]uint64
+	// shared holds more JOURNAL sequences under a prefix that more than
+	// one fact has (the first is in seq). Honest facts share a 160-bit
+	// prefix with odds of about n²/2^161, and making two share one costs
+	// about 2^80 hashes, so this stays empty; it exists so that such
+	// facts are still found.
+	shared map[riblt.Prefix][]uint64
 }
 
 var _ service.Service = (*Service)(nil)
@@ -368,20 +379,43 @@ func (s *Service) add(f *events.Fact, seq uint64) {
 }
 
 // insert indexes one fact at its JOURNAL sequence; a later copy of a fact
-// moves where fetch reads it.
+// moves where fetch reads it. The sequence is recorded before the lock is
+// released, so a fact a session finds in the index can be fetched.
 func (set *factSet) insert(f *events.Fact, seq uint64) {
+	p := riblt.PrefixOf(f.ID)
 	set.mu.Lock()
-	_, dup := set.seq[f.ID]
-	set.seq[f.ID] = seq
+	isNew := set.index.Insert(negentropy.Item{Timestamp: uint64(f.HLC.Seconds()), ID: f.ID})
+	switch _, known := set.seq[p]; {
+	case !known:
+		set.seq[p] = seq
+	case !isNew && len(set.shared[p]) == 0:
+		set.seq[p] = seq // a later copy of the one fact under p
+	default:
+		// Another fact under p, or a later copy of one of several: keep
+		// every sequence, and let the read tell them apart.
+		set.shared[p] = append(set.shared[p], seq)
+	}
 	set.mu.Unlock()
-	if !dup && set.index.Insert(negentropy.Item{Timestamp: uint64(f.HLC.Seconds()), ID: f.ID}) && set.sketch != nil {
+	if isNew && set.sketch != nil {
 		set.sketch.Add(f.ID)
 	}
 }
 
+// locate returns the JOURNAL sequences of the facts whose ids start with
+// p, and possibly of older copies of them.
+func (set *factSet) locate(p riblt.Prefix) []uint64 {
+	set.mu.RLock()
+	defer set.mu.RUnlock()
+	seq, ok := set.seq[p]
+	if !ok {
+		return nil
+	}
+	return append([]uint64{seq}, set.shared[p]...)
+}
+
 // newSet returns an empty fact set.
 func (s *Service) newSet() *factSet {
-	set := &factSet{seq: map[events.FactID]uint64{}}
+	set := &factSet{seq: map[riblt.Prefix]uint64{}, shared: map[riblt.Prefix][]uint64{}}
 	if s.cfg.SketchSize > 0 {
 		set.sketch = riblt.NewSketch(s.cfg.SketchSize)
 	}
@@ -415,54 +449,128 @@ func (s *Service) Root(auth events.AuthorityID) (negentropy.Accumulator, int) {
 	return negentropy.Accumulator{}, 0
 }
 
-// batch reads facts back from JOURNAL and returns them with the tokens
-// they cite, each token once, and with the headers each fact was stored
-// with (for its trace).
-func (s *Service) batch(ctx context.Context, auth events.AuthorityID, ids []events.FactID) (*eventsv1.FactBatch, []storedFact, error) {
+// factRef names facts to read back from JOURNAL: one by its whole id
+// (after negentropy), or every fact whose id starts with a riblt prefix
+// (after riblt).
+type factRef struct {
+	prefix riblt.Prefix
+	id     events.FactID
+	whole  bool
+}
+
+func idRefs(ids []events.FactID) []factRef {
+	refs := make([]factRef, len(ids))
+	for i, id := range ids {
+		refs[i] = factRef{prefix: riblt.PrefixOf(id), id: id, whole: true}
+	}
+	return refs
+}
+
+func prefixRefs(ps []riblt.Prefix) []factRef {
+	refs := make([]factRef, len(ps))
+	for i, p := range ps {
+		refs[i] = factRef{prefix: p}
+	}
+	return refs
+}
+
+// matches reports whether the fact with id is one r names.
+func (r factRef) matches(id events.FactID) bool {
+	if r.whole {
+		return id == r.id
+	}
+	return riblt.PrefixOf(id) == r.prefix
+}
+
+func (r factRef) String() string {
+	if r.whole {
+		return r.id.String()
+	}
+	return "prefix " + r.prefix.String()
+}
+
+// readBatch is a batch of facts read back from JOURNAL for a fetch or a
+// push.
+type readBatch struct {
+	*eventsv1.FactBatch
+	// stored holds each fact with the headers it was stored with (for
+	// its trace).
+	stored []storedFact
+	// served counts the refs, from the first, whose facts the batch
+	// holds; a push goes on from the next.
+	served int
+	// extra counts facts beyond the first under one prefix.
+	extra int
+}
+
+// batch reads facts back from JOURNAL, as many as fit in MaxBatchBytes
+// and at least one, and returns them with the tokens they cite, each
+// token once. A fact named by id must be here; a prefix may name none
+// (riblt.Decoder.Confirm then tells the initiator its difference was
+// wrong).
+func (s *Service) batch(ctx context.Context, auth events.AuthorityID, refs []factRef) (*readBatch, error) {
 	set := s.set(auth, false)
-	batch := &eventsv1.FactBatch{}
-	stored := make([]storedFact, 0, len(ids))
+	out := &readBatch{FactBatch: &eventsv1.FactBatch{}, stored: make([]storedFact, 0, len(refs))}
+	inBatch := map[events.FactID]bool{}
 	tokens := map[string]bool{}
 	size := 0
-	for _, id := range ids {
-		var seq uint64
+	for _, ref := range refs {
+		var found []storedFact
 		if set != nil {
-			set.mu.RLock()
-			seq = set.seq[id]
-			set.mu.RUnlock()
+			for _, seq := range set.locate(ref.prefix) {
+				raw, err := s.journal.GetMsg(ctx, seq)
+				if err != nil {
+					return nil, events.Wrap(events.ReasonUnavailable, err, "read fact "+ref.String()+" from JOURNAL")
+				}
+				f, err := events.DecodeFact(raw.Data)
+				if err != nil {
+					return nil, events.Wrap(events.ReasonInternal, err, fmt.Sprintf("JOURNAL holds an undecodable fact at %d", seq))
+				}
+				if ref.matches(f.ID) && !inBatch[f.ID] {
+					inBatch[f.ID] = true
+					found = append(found, storedFact{fact: f, header: raw.Header})
+				}
+			}
 		}
-		if seq == 0 {
-			return nil, nil, events.Errorf(events.ReasonNotFound, "fact %s of authority %s is not on this peer", id, auth)
+		if ref.whole && len(found) == 0 {
+			return nil, events.Errorf(events.ReasonNotFound, "fact %s of authority %s is not on this peer", ref.id, auth)
 		}
-		raw, err := s.journal.GetMsg(ctx, seq)
-		if err != nil {
-			return nil, nil, events.Wrap(events.ReasonUnavailable, err, "read fact "+id.String()+" from JOURNAL")
+		added := 0
+		for _, sf := range found {
+			fp := sf.fact.Proto()
+			size += proto.Size(fp) + batchEntryOverhead
+			if len(out.Facts) > 0 && size > MaxBatchBytes {
+				break
+			}
+			out.Facts = append(out.Facts, fp)
+			out.stored = append(out.stored, sf)
+			added++
+			if th := sf.fact.TokenHash(); !tokens[th] {
+				tokens[th] = true
+				tok, err := s.journal.GetLastMsgForSubject(ctx, events.TokenSubject(auth, th))
+				if errors.Is(err, jetstream.ErrMsgNotFound) {
+					return nil, events.Errorf(events.ReasonNotFound, "token %s cited by fact %s is not in JOURNAL", th, sf.fact.ID)
+				}
+				if err != nil {
+					return nil, events.Wrap(events.ReasonUnavailable, err, "read token "+th)
+				}
+				out.Tokens = append(out.Tokens, tok.Data)
+				size += len(tok.Data) + batchEntryOverhead
+			}
 		}
-		f, err := events.DecodeFact(raw.Data)
-		if err != nil {
-			return nil, nil, events.Wrap(events.ReasonInternal, err, fmt.Sprintf("JOURNAL holds an undecodable fact at %d", seq))
+		if added < len(found) && added == 0 {
+			break // full before this ref
 		}
-		fp := f.Proto()
-		size += proto.Size(fp) + batchEntryOverhead
-		if len(batch.Facts) > 0 && size > MaxBatchBytes {
+		// A ref counts as served once one of its facts is in: the rest
+		// of a prefix's facts, if the batch filled up among them, are
+		// left to Confirm and negentropy.
+		out.served++
+		out.extra += max(added-1, 0)
+		if added < len(found) {
 			break
 		}
-		batch.Facts = append(batch.Facts, fp)
-		stored = append(stored, storedFact{fact: f, header: raw.Header})
-		if th := f.TokenHash(); !tokens[th] {
-			tokens[th] = true
-			tok, err := s.journal.GetLastMsgForSubject(ctx, events.TokenSubject(auth, th))
-			if errors.Is(err, jetstream.ErrMsgNotFound) {
-				return nil, nil, events.Errorf(events.ReasonNotFound, "token %s cited by fact %s is not in JOURNAL", th, id)
-			}
-			if err != nil {
-				return nil, nil, events.Wrap(events.ReasonUnavailable, err, "read token "+th)
-			}
-			batch.Tokens = append(batch.Tokens, tok.Data)
-			size += len(tok.Data) + batchEntryOverhead
-		}
 	}
-	return batch, stored, nil
+	return out, nil
 }
 
 // batchEntryOverhead is an upper bound on the protobuf framing of one

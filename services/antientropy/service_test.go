@@ -1,6 +1,7 @@
 package antientropy_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -18,6 +19,7 @@ import (
 	eventsv1 "github.com/factsync/factsync/events/v1"
 	"github.com/factsync/factsync/services/antientropy"
 	"github.com/factsync/factsync/services/antientropy/negentropy"
+	"github.com/factsync/factsync/services/antientropy/riblt"
 	"github.com/factsync/factsync/services/guard"
 	"github.com/factsync/factsync/shared/bus"
 	"github.com/factsync/factsync/shared/bustest"
@@ -261,5 +263,142 @@ func TestResponderNeedsSyncRight(t *testing.T) {
 	}
 	if e := events.DecodeError(reply.Data); e == nil {
 		t.Fatalf("the refusal is not an error body: %q", reply.Data)
+	}
+}
+
+// A riblt session through the responder's guard: the symbols decode to
+// the prefixes of the difference, a fetch by prefix returns the facts
+// behind them, and those facts confirm against the fingerprint sent at
+// open, while a resolution that misses one does not.
+func TestRIBLTSessionFetchesByPrefix(t *testing.T) {
+	p := startPeer(t)
+	d := newDevice(t, capability.Right{Collection: capability.AnyCollection, Op: capability.OpWrite}, capability.Right{Collection: capability.AnyCollection, Op: capability.OpSync})
+	var facts []*events.Fact
+	for i := range 40 {
+		facts = append(facts, d.fact(t, fmt.Sprintf("d%d", i%7), i))
+	}
+	p.ingest(t, d, facts...)
+
+	// The requester has every other fact, plus one the responder lacks.
+	local := riblt.NewSketch(riblt.DefaultSketchSize)
+	var want []riblt.Prefix
+	for i, f := range facts {
+		if i%2 == 0 {
+			local.Add(f.ID)
+		} else {
+			want = append(want, riblt.PrefixOf(f.ID))
+		}
+	}
+	own := d.fact(t, "local-only", 99)
+	local.Add(own.ID)
+	sortPrefixes := func(ps []riblt.Prefix) []riblt.Prefix {
+		ps = slices.Clone(ps)
+		slices.SortFunc(ps, func(a, b riblt.Prefix) int { return bytes.Compare(a[:], b[:]) })
+		return ps
+	}
+	want = sortPrefixes(want)
+
+	// The responder indexes JOURNAL as it grows; open sessions until its
+	// sketch codes everything the guard accepted.
+	var dec *riblt.Decoder
+	var open antientropy.OpenReply
+	bustest.Eventually(t, 30*time.Second, func() bool {
+		body, _ := json.Marshal(antientropy.OpenRequest{Modes: []string{antientropy.ModeRIBLT, antientropy.ModeNegentropy}})
+		reply := p.ask(t, d, d.token, antientropy.OpOpen, body)
+		open = antientropy.OpenReply{}
+		if err := json.Unmarshal(reply.Data, &open); err != nil || open.Mode != antientropy.ModeRIBLT || open.RIBLTFingerprint == nil {
+			t.Fatalf("open reply %s: %v; want mode %s with a fingerprint", reply.Data, err, antientropy.ModeRIBLT)
+		}
+		dec = riblt.NewDecoder(local.Clone())
+		for n := dec.NextBatch(); n > 0; n = dec.NextBatch() {
+			body, _ := json.Marshal(antientropy.SymbolsRequest{Session: open.Session, From: dec.Received(), Count: n})
+			reply := p.ask(t, d, d.token, antientropy.OpSymbols, body)
+			if len(reply.Data) != n*riblt.SymbolSize {
+				t.Fatalf("asked for %d symbols, got %d bytes: %s", n, len(reply.Data), reply.Data)
+			}
+			if err := dec.AddSymbols(reply.Data); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return slices.Equal(sortPrefixes(dec.Remote()), want)
+	}, "the requester to decode the prefixes of the %d facts it lacks", len(want))
+	if l := dec.Local(); len(l) != 1 || l[0] != riblt.PrefixOf(own.ID) {
+		t.Fatalf("decoded %v as the responder's lack, want only %s", l, riblt.PrefixOf(own.ID))
+	}
+
+	fetch := func(req antientropy.FetchRequest) ([]events.FactID, *nats.Msg) {
+		t.Helper()
+		req.Session = open.Session
+		body, _ := json.Marshal(req)
+		reply := p.ask(t, d, d.token, antientropy.OpFetch, body)
+		if reply.Header.Get(events.HeaderReason) != "" {
+			return nil, reply
+		}
+		var batch eventsv1.FactBatch
+		if err := proto.Unmarshal(reply.Data, &batch); err != nil {
+			t.Fatal(err)
+		}
+		var ids []events.FactID
+		for _, sf := range batch.Facts {
+			f, err := events.FactFromProto(sf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, f.ID)
+		}
+		return ids, reply
+	}
+	var asked []string
+	for _, prefix := range dec.Remote() {
+		asked = append(asked, prefix.String())
+	}
+	fetched, reply := fetch(antientropy.FetchRequest{Prefixes: asked})
+	if reply.Header.Get(events.HeaderReason) != "" || len(fetched) != len(want) {
+		t.Fatalf("fetch by %d prefixes returned %d facts (%s), want %d", len(asked), len(fetched), reply.Data, len(want))
+	}
+	if err := dec.Confirm(*open.RIBLTFingerprint, fetched, []events.FactID{own.ID}); err != nil {
+		t.Fatalf("the facts behind the prefixes do not confirm: %v", err)
+	}
+	if err := dec.Confirm(*open.RIBLTFingerprint, fetched[1:], []events.FactID{own.ID}); !events.IsReason(err, events.ReasonConflict) {
+		t.Fatalf("a resolution missing a fact: err %v, want conflict", err)
+	}
+
+	// A prefix may name no fact; an id must name one.
+	var unknown events.FactID
+	unknown[0] = 0xff
+	if ids, reply := fetch(antientropy.FetchRequest{Prefixes: []string{riblt.PrefixOf(unknown).String()}}); len(ids) != 0 || reply.Header.Get(events.HeaderReason) != "" {
+		t.Fatalf("fetch by an unknown prefix: %d facts, reason %q; want none and no error", len(ids), reply.Header.Get(events.HeaderReason))
+	}
+	if _, reply := fetch(antientropy.FetchRequest{IDs: []string{unknown.String()}}); reply.Header.Get(events.HeaderReason) != string(events.ReasonNotFound) {
+		t.Fatalf("fetch by an unknown id: reason %q, want not_found", reply.Header.Get(events.HeaderReason))
+	}
+	if _, reply := fetch(antientropy.FetchRequest{Prefixes: []string{"abc"}}); reply.Header.Get(events.HeaderReason) != string(events.ReasonMalformed) {
+		t.Fatalf("fetch by a malformed prefix: reason %q, want malformed", reply.Header.Get(events.HeaderReason))
+	}
+}
+
+// A peer of the first riblt version offers "riblt", whose 36-byte
+// symbols code whole ids: this peer does not take it for its own mode, so
+// the two reconcile with negentropy, or not at all.
+func TestFirstRIBLTVersionIsNotSpoken(t *testing.T) {
+	p := startPeer(t)
+	d := newDevice(t, capability.Right{Collection: capability.AnyCollection, Op: capability.OpSync})
+	for _, c := range []struct {
+		modes      []string
+		mode       string
+		wantReason events.Reason
+	}{
+		{[]string{"riblt", antientropy.ModeNegentropy}, antientropy.ModeNegentropy, ""},
+		{[]string{"riblt"}, "", events.ReasonUnsupported},
+	} {
+		body, _ := json.Marshal(antientropy.OpenRequest{Modes: c.modes})
+		reply := p.ask(t, d, d.token, antientropy.OpOpen, body)
+		if r := events.Reason(reply.Header.Get(events.HeaderReason)); r != c.wantReason {
+			t.Fatalf("open %v: reason %q (%s), want %q", c.modes, r, reply.Data, c.wantReason)
+		}
+		var open antientropy.OpenReply
+		if c.wantReason == "" && (json.Unmarshal(reply.Data, &open) != nil || open.Mode != c.mode || open.RIBLTFingerprint != nil) {
+			t.Fatalf("open %v: reply %s, want mode %s", c.modes, reply.Data, c.mode)
+		}
 	}
 }

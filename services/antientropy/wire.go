@@ -2,6 +2,7 @@ package antientropy
 
 import (
 	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/services/antientropy/riblt"
 )
 
 // The operations of the session framing (docs/antientropy.md). A remote
@@ -17,10 +18,11 @@ const (
 	// and answers the raw reply.
 	OpReconcile = "reconcile"
 	// OpSymbols takes a SymbolsRequest and answers Count riblt symbols,
-	// SymbolSize bytes each, from the sketch frozen at open.
+	// riblt.SymbolSize (24) bytes each, from the sketch frozen at open.
 	OpSymbols = "symbols"
 	// OpFetch takes a FetchRequest and answers an encoded
-	// eventsv1.FactBatch: the facts and the tokens they cite.
+	// eventsv1.FactBatch: the facts named by id or by riblt prefix, and
+	// the tokens they cite.
 	OpFetch = "fetch"
 	// OpPush takes an encoded eventsv1.FactBatch (header HeaderSession)
 	// of facts this peer lacks and publishes it unchanged into this peer's
@@ -43,9 +45,14 @@ const HeaderSession = "Fs-Session"
 
 // The reconciliation modes, in the order an initiator prefers them.
 const (
-	// ModeRIBLT streams rateless IBLT symbols; near the lower bound in
-	// bytes for any difference the sketch can hold.
-	ModeRIBLT = "riblt"
+	// ModeRIBLT streams rateless IBLT symbols of 20-byte id prefixes
+	// (riblt.SymbolSize, 24 bytes a symbol) and fetches by prefix; near
+	// the lower bound in bytes for any difference the sketch can hold.
+	// It is "riblt2" because the first version, "riblt", coded whole ids
+	// in 36-byte symbols: a peer of either version does not offer or
+	// accept the other's name, so the two meet in negentropy rather than
+	// misread each other's symbols.
+	ModeRIBLT = "riblt2"
 	// ModeNegentropy is negentropy protocol V1 (NIP-77); any difference,
 	// O(log n) round trips.
 	ModeNegentropy = "negentropy"
@@ -53,10 +60,11 @@ const (
 
 // Frame bounds.
 const (
-	// MaxFetch bounds the facts one fetch or push may carry.
+	// MaxFetch bounds the facts one fetch or push may carry, and the ids
+	// and prefixes one fetch may name.
 	MaxFetch = 1000
 	// MaxSymbols bounds the riblt symbols one request may ask for
-	// (MaxSymbols × 36 bytes ≈ 590 KB).
+	// (MaxSymbols × 24 bytes ≈ 393 KB).
 	MaxSymbols = 1 << 14
 	// MaxBatchBytes bounds the facts and tokens of one fetch reply or
 	// push. The receiver publishes them into its INGRESS as one message,
@@ -89,6 +97,11 @@ type OpenReply struct {
 	// RIBLTSymbols is how many symbols the responder's sketch keeps; an
 	// initiator asks for no more.
 	RIBLTSymbols int `json:"riblt_symbols,omitempty"`
+	// RIBLTFingerprint is the fingerprint of the whole ids the symbols
+	// code (riblt.Sketch.Fingerprint, 32 hex characters): the initiator
+	// checks the facts behind the prefixes it decoded against it
+	// (riblt.Decoder.Confirm), which catches two facts sharing a prefix.
+	RIBLTFingerprint *riblt.Fingerprint `json:"riblt_fingerprint,omitempty"`
 	// Count is how many facts of the authority the responder holds.
 	Count int `json:"count"`
 	// TimeoutMillis is how long the session lives without a request.
@@ -109,11 +122,13 @@ type SymbolsRequest struct {
 	Count   int    `json:"count"`
 }
 
-// FetchRequest asks for facts by id (lowercase hex FactIDs), at most
-// MaxFetch.
+// FetchRequest asks for facts by id (lowercase hex FactIDs, after
+// negentropy) and by prefix (lowercase hex riblt prefixes, after riblt:
+// every fact whose id starts with one), at most MaxFetch in all.
 type FetchRequest struct {
-	Session string   `json:"session,omitempty"`
-	IDs     []string `json:"ids"`
+	Session  string   `json:"session,omitempty"`
+	IDs      []string `json:"ids,omitempty"`
+	Prefixes []string `json:"prefixes,omitempty"`
 }
 
 // PushReply says how many pushed facts went to INGRESS.

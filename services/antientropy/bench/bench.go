@@ -7,6 +7,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"math/rand/v2"
@@ -187,13 +188,17 @@ func runNegentropy(a, b *negentropy.Index, frameLimit int, onlyA, onlyB []events
 	return p
 }
 
-// runRIBLT has b decode the difference from a's coded symbols. Each round
+// runRIBLT has b decode the difference from a's coded symbols. The
+// session's open reply carries a's fingerprint (16 bytes); each round
 // trip is a request for the next symbols (two varints: first symbol and
-// count) answered by the symbols.
+// count) answered by the symbols. The facts fetched and looked up by the
+// prefixes decoded then confirm against the fingerprint.
 func runRIBLT(a, b *riblt.Sketch, onlyA, onlyB []events.FactID) Protocol {
 	var p Protocol
 	var err error
 	cpu := cpuclock.Start()
+	fingerprint := a.Fingerprint()
+	p.BytesIn += len(fingerprint)
 	dec := riblt.NewDecoder(b)
 	for n := dec.NextBatch(); n > 0 && err == nil; n = dec.NextBatch() {
 		from := dec.Received()
@@ -206,12 +211,28 @@ func runRIBLT(a, b *riblt.Sketch, onlyA, onlyB []events.FactID) Protocol {
 		p.RoundTrips++
 		err = dec.AddSymbols(symbols)
 	}
+	if err == nil && dec.Done() {
+		err = dec.Confirm(fingerprint, onlyA, onlyB)
+	}
 	p.CPUSeconds = cpu.Seconds()
 	if err != nil {
 		p.Error = err.Error()
 	}
-	p.Correct = err == nil && dec.Done() && sameIDs(dec.Remote(), onlyA) && sameIDs(dec.Local(), onlyB)
+	p.Correct = err == nil && dec.Done() && samePrefixes(dec.Remote(), onlyA) && samePrefixes(dec.Local(), onlyB)
 	return p
+}
+
+// samePrefixes reports whether got are the prefixes of ids.
+func samePrefixes(got []riblt.Prefix, ids []events.FactID) bool {
+	want := make([]riblt.Prefix, len(ids))
+	for i, id := range ids {
+		want[i] = riblt.PrefixOf(id)
+	}
+	cmp := func(x, y riblt.Prefix) int { return bytes.Compare(x[:], y[:]) }
+	got = slices.Clone(got)
+	slices.SortFunc(got, cmp)
+	slices.SortFunc(want, cmp)
+	return slices.Equal(got, want)
 }
 
 func sameIDs(got, want []events.FactID) bool {

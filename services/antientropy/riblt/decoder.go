@@ -5,6 +5,7 @@ import (
 	"math"
 
 	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/services/antientropy/negentropy"
 )
 
 // Decoder is the receiving side of a session. It subtracts the receiver's
@@ -20,33 +21,84 @@ type Decoder struct {
 	// logEmpty[i] is log(1-density(i)), cached for Estimate.
 	logEmpty []float64
 	pure     []int
-	// recovered holds peeled ids, each with its mapping parked at its
+	// recovered holds peeled prefixes, each with its mapping parked at its
 	// next index past the symbols received, to apply to later symbols.
 	recovered recoveredQueue
-	seen      map[events.FactID]struct{}
+	seen      map[Prefix]struct{}
 
-	remote, localOnly []events.FactID
+	remote, localOnly []Prefix
 	err               error
 }
 
 // NewDecoder returns a decoder that reconciles against local, the sketch
 // of the receiver's own set.
 func NewDecoder(local *Sketch) *Decoder {
-	return &Decoder{local: local, seen: map[events.FactID]struct{}{}}
+	return &Decoder{local: local, seen: map[Prefix]struct{}{}}
 }
 
 // Received returns how many symbols have arrived.
 func (d *Decoder) Received() int { return len(d.cells) }
 
-// Done reports whether the whole difference is known: symbol 0 holds every
-// id, so once it is empty nothing is left to peel.
+// Done reports whether the whole difference is known, as prefixes: symbol
+// 0 holds every prefix, so once it is empty nothing is left to peel.
 func (d *Decoder) Done() bool { return len(d.cells) > 0 && d.cells[0].empty() && d.err == nil }
 
-// Remote returns the ids only the sender has (the receiver needs them).
-func (d *Decoder) Remote() []events.FactID { return d.remote }
+// Remote returns the prefixes of the ids only the sender has (the
+// receiver needs them).
+func (d *Decoder) Remote() []Prefix { return d.remote }
 
-// Local returns the ids only the receiver has (the sender needs them).
-func (d *Decoder) Local() []events.FactID { return d.localOnly }
+// Local returns the prefixes of the ids only the receiver has (the sender
+// needs them).
+func (d *Decoder) Local() []Prefix { return d.localOnly }
+
+// Confirm checks a decoded difference against the sender's fingerprint
+// (Sketch.Fingerprint of the set its symbols code). fetched are the
+// sender's facts whose ids start with a prefix of Remote, resolved the
+// receiver's own for Local. Together they must turn the receiver's set
+// into the sender's, whole id for whole id.
+//
+// Without a prefix collision they do. Two facts sharing a prefix, one on
+// each side, cancel out of every symbol, and a prefix one side holds more
+// than one fact under stands for facts the other side has too: either
+// leaves the fingerprints apart, and Confirm fails with ReasonConflict,
+// so the caller reconciles whole ids with negentropy instead of taking a
+// wrong difference.
+func (d *Decoder) Confirm(sender Fingerprint, fetched, resolved []events.FactID) error {
+	if !d.Done() {
+		return events.Errorf(events.ReasonInternal, "riblt: Confirm before the difference is decoded")
+	}
+	d.local.mu.RLock()
+	sum, n := d.local.sum, d.local.n
+	d.local.mu.RUnlock()
+	var gained, lost negentropy.Accumulator
+	for _, id := range dedup(fetched) {
+		gained.Add(&id)
+		n++
+	}
+	for _, id := range dedup(resolved) {
+		lost.Add(&id)
+		n--
+	}
+	sum.AddSum(&gained)
+	sum.SubSum(&lost)
+	if n < 0 || Fingerprint(sum.Fingerprint(uint64(n))) != sender {
+		return events.Errorf(events.ReasonConflict, "the %d facts behind the %d riblt prefixes decoded (%d fetched, %d local) do not make this set the sender's: two facts share an id prefix; reconcile whole ids with negentropy",
+			len(fetched)+len(resolved), len(d.remote)+len(d.localOnly), len(fetched), len(resolved))
+	}
+	return nil
+}
+
+func dedup(ids []events.FactID) []events.FactID {
+	seen := make(map[events.FactID]struct{}, len(ids))
+	out := ids[:0:0]
+	for _, id := range ids {
+		if _, dup := seen[id]; !dup {
+			seen[id] = struct{}{}
+			out = append(out, id)
+		}
+	}
+	return out
+}
 
 // AddSymbols takes the next symbols in wire form, in order, and peels as
 // far as they allow.
@@ -96,7 +148,10 @@ func (d *Decoder) peel() {
 		}
 		id := d.cells[j].sum
 		if _, dup := d.seen[id]; dup {
-			d.err = events.Errorf(events.ReasonMalformed, "riblt decoding recovered id %s twice: the symbols are inconsistent", id)
+			// A prefix is peeled out of every symbol at once, so it cannot
+			// come back unless a symbol looked pure by a 2^-32 chance or
+			// the sender is lying.
+			d.err = events.Errorf(events.ReasonConflict, "riblt decoding recovered prefix %s twice: the symbols are inconsistent; reconcile with negentropy", id)
 			return
 		}
 		d.seen[id] = struct{}{}
@@ -185,7 +240,7 @@ func (d *Decoder) NextBatch() int {
 }
 
 type recoveredID struct {
-	id       events.FactID
+	id       Prefix
 	checksum uint64
 	sign     int
 	next     mapping

@@ -17,8 +17,8 @@ func fuzzSketch(from, to uint64, size int) *Sketch {
 
 // FuzzAddSymbols feeds arbitrary symbols, in two calls, to a decoder: it
 // never panics, refuses bad symbols with a reason (and keeps refusing),
-// never takes more symbols than its sketch holds, and never reports an id
-// twice or on both sides.
+// never takes more symbols than its sketch holds, and never reports a
+// prefix twice or on both sides.
 func FuzzAddSymbols(f *testing.F) {
 	const size = 128
 	sender := fuzzSketch(20, 90, size)
@@ -54,8 +54,8 @@ func FuzzAddSymbols(f *testing.F) {
 		if dec.Received() > local.Size() {
 			t.Fatalf("took %d symbols, the sketch holds %d", dec.Received(), local.Size())
 		}
-		seen := map[events.FactID]bool{}
-		for _, id := range append(append([]events.FactID(nil), dec.Remote()...), dec.Local()...) {
+		seen := map[Prefix]bool{}
+		for _, id := range append(append([]Prefix(nil), dec.Remote()...), dec.Local()...) {
 			if seen[id] {
 				t.Fatalf("reports %s twice", id)
 			}
