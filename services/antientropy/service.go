@@ -558,7 +558,7 @@ func (s *Service) batch(ctx context.Context, auth events.AuthorityID, refs []fac
 				size += len(tok.Data) + batchEntryOverhead
 			}
 		}
-		if added < len(found) && added == 0 {
+		if added == 0 && len(found) > 0 {
 			break // full before this ref
 		}
 		// A ref counts as served once one of its facts is in: the rest
