@@ -121,6 +121,12 @@ type GuardPruneRequest struct {
 	Below      map[string]uint64 `json:"below"`
 	BeforeCut  uint64            `json:"before_cut"`
 	Purge      uint64            `json:"purge"`
+	// NotAfterMillis (Unix ms, 0 for none) is the plan's deadline: the
+	// guard removes nothing after it (ReasonExpired). The snapshot service
+	// settles a prune it got no answer about only once the deadline has
+	// passed, so it never counts, or drops, a prune the guard may still
+	// carry out.
+	NotAfterMillis int64 `json:"not_after_ms,omitempty"`
 }
 
 // GuardPruneReply says what the guard removed and wrote again.

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/factsync/factsync/events"
 	"github.com/factsync/factsync/shared/bus"
@@ -82,6 +83,9 @@ func (g *running) prune(ctx context.Context, m *nats.Msg) (events.GuardPruneRepl
 	if err := dec.Decode(&req); err != nil {
 		return events.GuardPruneReply{}, events.Wrap(events.ReasonMalformed, err, "prune plan does not decode")
 	}
+	if err := g.pruneInTime(req); err != nil {
+		return events.GuardPruneReply{}, err
+	}
 	if req.CutSeconds == 0 || len(req.Below) == 0 {
 		return events.GuardPruneReply{}, events.Errorf(events.ReasonMalformed, "prune plan needs a cut and a JOURNAL sequence per collection")
 	}
@@ -125,6 +129,9 @@ func (g *running) prune(ctx context.Context, m *nats.Msg) (events.GuardPruneRepl
 		return events.GuardPruneReply{}, events.Wrap(events.ReasonUnavailable, err, "open JOURNAL")
 	}
 	for _, coll := range slices.Sorted(maps.Keys(req.Below)) {
+		if err := g.pruneInTime(req); err != nil {
+			return events.GuardPruneReply{}, err
+		}
 		err := journal.Purge(ctx, jetstream.WithPurgeSubject(events.JournalSubject(addr.Authority, coll)), jetstream.WithPurgeSequence(req.Below[coll]))
 		if err != nil {
 			return events.GuardPruneReply{}, events.Wrap(events.ReasonUnavailable, err, "purge JOURNAL")
@@ -133,6 +140,20 @@ func (g *running) prune(ctx context.Context, m *nats.Msg) (events.GuardPruneRepl
 	g.log.Info("pruned JOURNAL", "authority", addr.Authority, "snapshot", req.Snapshot, "cut", req.CutSeconds,
 		"facts", plan.purged, "messages", plan.messages, "republished", len(plan.republish))
 	return events.GuardPruneReply{Facts: plan.purged, Messages: plan.messages, Republished: len(plan.republish)}, nil
+}
+
+// pruneInTime refuses a plan past its deadline: its sender may have
+// settled the prune against JOURNAL already, so removing more now would
+// remove facts nobody counts.
+func (g *running) pruneInTime(req events.GuardPruneRequest) error {
+	if req.NotAfterMillis == 0 {
+		return nil
+	}
+	if now := g.env.Clock.Now(); now.UnixMilli() > req.NotAfterMillis {
+		return events.Errorf(events.ReasonExpired, "the prune plan's deadline %s has passed (now %s): nothing more is removed; plan again",
+			time.UnixMilli(req.NotAfterMillis).UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // prunePlan is a checked plan: the facts to write again, and what goes.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/factsync/factsync/events"
@@ -61,11 +62,13 @@ type prunedRecord struct {
 	CutSeconds uint32    `json:"cut_seconds,omitempty"`
 	Removed    prunedSet `json:"removed"`
 	// Pending is a prune sent to the guard and not yet known to have
-	// happened: each collection's part is counted in once JOURNAL holds no
-	// message of the collection below its Below, and dropped while
-	// JOURNAL still does.
-	// A crash, or a lost reply, between the request and the record
-	// therefore neither loses nor double counts what was removed.
+	// happened. Once the guard can no longer act on it (it answered, or
+	// the plan's deadline passed), each collection's part is counted in
+	// when JOURNAL holds no message of the collection below its Below,
+	// and dropped while JOURNAL still does. A crash, or a lost reply,
+	// between the request and the record therefore neither loses nor
+	// double counts what was removed; until then the prune's cut counts
+	// as settled and nothing builds a fingerprint (see readPruned).
 	Pending *pendingPrune `json:"pending,omitempty"`
 }
 
@@ -75,6 +78,19 @@ type pendingPrune struct {
 	Snapshot    string                       `json:"snapshot"`
 	CutSeconds  uint32                       `json:"cut_seconds"`
 	Collections map[string]pendingCollection `json:"collections"`
+	// NotAfter is the plan's deadline (GuardPruneRequest.NotAfterMillis);
+	// zero in records written before plans had one.
+	NotAfter time.Time `json:"not_after,omitzero"`
+}
+
+// pruneSettleMargin is how long after a plan's deadline the prune is
+// settled by anyone but its sender: room for the clocks of the guard and
+// this service to differ, and for a purge sent just before the deadline.
+const pruneSettleMargin = time.Minute
+
+// over reports whether the guard can no longer act on the prune at now.
+func (p *pendingPrune) over(now time.Time) bool {
+	return p.NotAfter.IsZero() || now.After(p.NotAfter.Add(pruneSettleMargin))
 }
 
 // pendingCollection is one collection's part of a pending prune: its
@@ -102,9 +118,13 @@ func (r prunedRecord) base() *prunedSet {
 	return &r.Removed
 }
 
-// readPruned returns auth's record with any pending prune settled against
-// JOURNAL, and its KV revision (0 when there is none).
-func (s *Service) readPruned(ctx context.Context, auth events.AuthorityID) (prunedRecord, uint64, error) {
+// readPruned returns auth's record and its KV revision (0 when there is
+// none), with a pending prune settled against JOURNAL once the guard can
+// no longer act on it: guardDone says the caller sent it and the guard
+// answered; otherwise only its deadline tells. Settling a prune the guard
+// is still carrying out would drop the part it has not purged yet from
+// the count. A record returned with Pending set is not settled.
+func (s *Service) readPruned(ctx context.Context, auth events.AuthorityID, guardDone bool) (prunedRecord, uint64, error) {
 	for {
 		var rec prunedRecord
 		e, err := s.pruned.Get(ctx, string(auth))
@@ -117,7 +137,7 @@ func (s *Service) readPruned(ctx context.Context, auth events.AuthorityID) (prun
 		if err := json.Unmarshal(e.Value(), &rec); err != nil {
 			return rec, 0, events.Wrap(events.ReasonInternal, err, "decode the prune record")
 		}
-		if rec.Pending == nil {
+		if rec.Pending == nil || !guardDone && !rec.Pending.over(s.env.Clock.Now()) {
 			return rec, e.Revision(), nil
 		}
 		p := rec.Pending
@@ -171,9 +191,13 @@ func isKVConflict(err error) bool {
 // counting what its prunes removed back into the fingerprint. A cut below
 // a prune's cannot be built: the facts between them are gone.
 func (s *Service) build(ctx context.Context, auth events.AuthorityID, cut uint32, seen func(*events.Fact, uint64)) (*Builder, prunedRecord, uint64, error) {
-	rec, rev, err := s.readPruned(ctx, auth)
+	rec, rev, err := s.readPruned(ctx, auth, false)
 	if err != nil {
 		return nil, rec, 0, err
+	}
+	if p := rec.Pending; p != nil {
+		return nil, rec, 0, events.Errorf(events.ReasonUnavailable, "a prune of %s to cut %d is under way (the guard removes nothing after %s): what it removes counts in the fingerprint only once it ends; retry then",
+			auth, p.CutSeconds, p.NotAfter.UTC().Format(time.RFC3339))
 	}
 	if cut < rec.settledCut() {
 		return nil, rec, 0, events.Errorf(events.ReasonConflict, "this peer pruned the history of %s before cut %d; it cannot build a snapshot at the earlier cut %d", auth, rec.settledCut(), cut)
@@ -218,8 +242,11 @@ func (s *Service) pruneFenced(ctx context.Context, auth events.AuthorityID, cred
 	if err != nil || plan == nil {
 		return out, err
 	}
-	// Record the prune as pending before the guard acts.
-	rec.Pending = &pendingPrune{Snapshot: v.ID, CutSeconds: v.Manifest.Cut, Collections: plan.collections}
+	// Record the prune as pending before the guard acts, with the
+	// deadline after which the guard removes nothing.
+	notAfter := s.env.Clock.Now().Add(s.cfg.PruneTimeout)
+	plan.req.NotAfterMillis = notAfter.UnixMilli()
+	rec.Pending = &pendingPrune{Snapshot: v.ID, CutSeconds: v.Manifest.Cut, Collections: plan.collections, NotAfter: notAfter}
 	b, _ := json.Marshal(rec)
 	if rev == 0 {
 		_, err = s.pruned.Create(ctx, string(auth), b)
@@ -229,10 +256,18 @@ func (s *Service) pruneFenced(ctx context.Context, auth events.AuthorityID, cred
 	if err != nil {
 		return out, events.Wrap(events.ReasonConflict, err, "record the prune (another prune of this authority may be running)")
 	}
-	reply, gerr := s.askGuard(ctx, auth, plan.req, creds)
+	if s.cfg.beforePruneAsk != nil {
+		s.cfg.beforePruneAsk(auth)
+	}
+	reply, answered, gerr := s.askGuard(ctx, auth, plan.req, creds)
+	if !answered {
+		// The guard may still be at it: the prune is settled by whoever
+		// reads the record after its deadline.
+		return out, events.Wrap(events.ReasonUnavailable, gerr, fmt.Sprintf("no answer from the guard about the prune of %s; it removes nothing after %s, and the prune counts (or is dropped) after that", auth, notAfter.UTC().Format(time.RFC3339)))
+	}
 	// Settle the record against JOURNAL whatever the guard answered: a
-	// lost reply may hide a prune that happened.
-	settled, _, err := s.readPruned(context.WithoutCancel(ctx), auth)
+	// refusal may come after part of the purge.
+	settled, _, err := s.readPruned(context.WithoutCancel(ctx), auth, true)
 	if gerr != nil {
 		return out, gerr
 	}
@@ -335,9 +370,10 @@ func (s *Service) planPrune(ctx context.Context, auth events.AuthorityID, v *Ver
 	return p, rec, rev, nil
 }
 
-// askGuard sends the plan to the guard with creds.
-func (s *Service) askGuard(ctx context.Context, auth events.AuthorityID, req events.GuardPruneRequest, creds Credentials) (events.GuardPruneReply, error) {
-	var reply events.GuardPruneReply
+// askGuard sends the plan to the guard with creds. answered is false when
+// the guard may have received the plan and still be carrying it out (no
+// reply in time).
+func (s *Service) askGuard(ctx context.Context, auth events.AuthorityID, req events.GuardPruneRequest, creds Credentials) (reply events.GuardPruneReply, answered bool, err error) {
 	timeout := s.cfg.PruneTimeout
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -348,20 +384,20 @@ func (s *Service) askGuard(ctx context.Context, auth events.AuthorityID, req eve
 	resp, err := s.env.Conn.RequestMsgWithContext(ctx, m)
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
-		return reply, events.Errorf(events.ReasonUnavailable, "no guard answers prune requests on this peer")
+		return reply, true, events.Errorf(events.ReasonUnavailable, "no guard answers prune requests on this peer")
 	case err != nil:
-		return reply, events.Wrap(events.ReasonUnavailable, err, "ask the guard to prune")
+		return reply, false, events.Wrap(events.ReasonUnavailable, err, "ask the guard to prune")
 	}
 	if resp.Header.Get(events.HeaderReason) != "" {
 		if e := events.DecodeError(resp.Data); e != nil {
-			return reply, e
+			return reply, true, e
 		}
-		return reply, events.Errorf(events.Reason(resp.Header.Get(events.HeaderReason)), "the guard refused the prune")
+		return reply, true, events.Errorf(events.Reason(resp.Header.Get(events.HeaderReason)), "the guard refused the prune")
 	}
 	if err := json.Unmarshal(resp.Data, &reply); err != nil {
-		return reply, events.Wrap(events.ReasonMalformed, err, "decode the guard's prune reply")
+		return reply, true, events.Wrap(events.ReasonMalformed, err, "decode the guard's prune reply")
 	}
-	return reply, nil
+	return reply, true, nil
 }
 
 // Floor says what this peer's snapshots settle for auth: the cut below
@@ -371,7 +407,7 @@ func (s *Service) askGuard(ctx context.Context, auth events.AuthorityID, req eve
 func (s *Service) Floor(ctx context.Context, auth events.AuthorityID) (events.SnapshotFloor, error) {
 	<-s.ready
 	var out events.SnapshotFloor
-	rec, _, err := s.readPruned(ctx, auth)
+	rec, _, err := s.readPruned(ctx, auth, false)
 	if err != nil {
 		return out, err
 	}
@@ -397,7 +433,7 @@ func (s *Service) Floor(ctx context.Context, auth events.AuthorityID) (events.Sn
 // settledCut is the cut Floor reports, for the restorer: restoring a
 // snapshot at or before it would bring back facts this peer pruned.
 func (s *Service) settledCut(ctx context.Context, auth events.AuthorityID) (uint32, error) {
-	rec, _, err := s.readPruned(ctx, auth)
+	rec, _, err := s.readPruned(ctx, auth, false)
 	return rec.settledCut(), err
 }
 

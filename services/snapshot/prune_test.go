@@ -293,7 +293,8 @@ func TestPruneIsRefusedWithoutACommittedSnapshot(t *testing.T) {
 // TestPruneIsRefusedWithoutAuthority: a token without the `snapshot` right
 // is refused by the guard both at the API and at the guard's own prune
 // operation, and the guard refuses a plan that would remove facts after the
-// cut even with the right. JOURNAL is untouched throughout.
+// cut even with the right, and one past its deadline. JOURNAL is untouched
+// throughout.
 func TestPruneIsRefusedWithoutAuthority(t *testing.T) {
 	rng := rand.New(rand.NewPCG(34, 34))
 	clk := clock.NewFake(testNow)
@@ -336,6 +337,12 @@ func TestPruneIsRefusedWithoutAuthority(t *testing.T) {
 	plan.BeforeCut++
 	if err := request(t, p.h.Conn, guardPrune, w, w.token, plan, nil); !events.IsReason(err, events.ReasonConflict) {
 		t.Fatalf("a plan made from another JOURNAL: %v; want conflict", err)
+	}
+	// A plan past its deadline: its sender may have settled it already.
+	late := plan
+	late.NotAfterMillis = testNow.Add(-time.Second).UnixMilli()
+	if err := request(t, p.h.Conn, guardPrune, w, w.token, late, nil); !events.IsReason(err, events.ReasonExpired) {
+		t.Fatalf("a plan past its deadline: %v; want expired", err)
 	}
 	if got := p.journalFacts(auth); got != uint64(len(history)) {
 		t.Fatalf("JOURNAL holds %d facts, want all %d", got, len(history))
@@ -557,4 +564,78 @@ func (p *peer) denied(r events.Reason) uint64 {
 		p.t.Fatal(err)
 	}
 	return info.State.Msgs
+}
+
+// TestPruneUnderWayIsNotSettledByOthers: while the guard carries a prune
+// out (which takes long on a large authority), anti-entropy asks the floor
+// and an approver builds at a later cut. Neither may settle the pending
+// prune against a JOURNAL the guard has not purged yet: that would drop
+// its count, and the peer's later fingerprints would miss the removed
+// facts. The floor already reports the prune's cut; a build waits for the
+// prune (`unavailable`). After it, the next snapshot counts every fact.
+func TestPruneUnderWayIsNotSettledByOthers(t *testing.T) {
+	cl := newCluster(t, 37, 600, 20)
+	ctx, auth := testCtx(t), cl.w.auth()
+	if first, err := cl.a.snap.Create(ctx, auth, cl.cut, cl.w.creds()); err != nil || !first.Committed {
+		t.Fatalf("first snapshot: committed=%v err=%v", first.Committed, err)
+	}
+	cut2 := cl.history[550].HLC.Seconds()
+	cl.a.snap.cfg.beforePruneAsk = func(events.AuthorityID) {
+		floor, err := cl.a.snap.Floor(ctx, auth)
+		if err != nil || floor.SettledCut != cl.cut {
+			t.Errorf("floor during the prune: %+v, %v; want the prune's cut %d", floor, err, cl.cut)
+		}
+		if _, _, _, err := cl.a.snap.build(ctx, auth, cut2, nil); !events.IsReason(err, events.ReasonUnavailable) {
+			t.Errorf("a build during the prune: %v; want unavailable until it ends", err)
+		}
+	}
+	pruned, err := cl.a.snap.Prune(ctx, auth, cl.w.creds())
+	if err != nil || pruned.Facts == 0 {
+		t.Fatalf("prune: %+v, %v", pruned, err)
+	}
+	cl.a.snap.cfg.beforePruneAsk = nil
+	wantCount := 0
+	for _, f := range cl.history {
+		if BeforeCut(f, cut2) {
+			wantCount++
+		}
+	}
+	second, err := cl.a.snap.Create(ctx, auth, cut2, cl.w.creds())
+	if err != nil || !second.Committed || second.Count != uint64(wantCount) {
+		t.Fatalf("A's snapshot after the prune: %+v, %v; want committed by all, over %d facts", second, err, wantCount)
+	}
+}
+
+// TestUnansweredPruneSettlesAfterItsDeadline: a prune the guard did not
+// answer about stays pending, its cut settled and builds refused, until
+// its deadline (and the margin for clocks) has passed; then any reader
+// settles it against JOURNAL, which here holds nothing below its point,
+// so it counts.
+func TestUnansweredPruneSettlesAfterItsDeadline(t *testing.T) {
+	rng := rand.New(rand.NewPCG(38, 38))
+	clk := clock.NewFake(testNow)
+	w := newWriter(t, rng)
+	p := startPeer(t, rng, clk, selfApproved)
+	ctx, auth := testCtx(t), w.auth()
+	var part pendingCollection
+	part.Below, part.Removed.Count = 10, 3
+	rec := prunedRecord{Pending: &pendingPrune{Snapshot: "s", CutSeconds: 100, Collections: map[string]pendingCollection{"notes": part}, NotAfter: testNow.Add(time.Minute)}}
+	b, _ := json.Marshal(rec)
+	if _, err := p.snap.pruned.Create(ctx, string(auth), b); err != nil {
+		t.Fatal(err)
+	}
+	if floor, err := p.snap.Floor(ctx, auth); err != nil || floor.SettledCut != 100 {
+		t.Fatalf("floor of a pending prune: %+v, %v; want its cut", floor, err)
+	}
+	if _, _, _, err := p.snap.build(ctx, auth, 200, nil); !events.IsReason(err, events.ReasonUnavailable) {
+		t.Fatalf("build before the deadline: %v; want unavailable", err)
+	}
+	clk.Advance(time.Minute + pruneSettleMargin + time.Second)
+	got, _, err := p.snap.readPruned(ctx, auth, false)
+	if err != nil || got.Pending != nil || got.CutSeconds != 100 || got.Removed.Count != 3 {
+		t.Fatalf("after the deadline: %+v, %v; want the prune settled and counted", got, err)
+	}
+	if _, _, _, err := p.snap.build(ctx, auth, 200, nil); events.IsReason(err, events.ReasonUnavailable) {
+		t.Fatalf("build after the prune settled: %v; want it to read JOURNAL (which holds nothing here)", err)
+	}
 }

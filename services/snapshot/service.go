@@ -79,6 +79,9 @@ type Config struct {
 	// afterBuild is a test hook between building a snapshot and writing
 	// it; the fence test pauses a writer there.
 	afterBuild func(events.AuthorityID)
+	// beforePruneAsk is a test hook between recording a prune as pending
+	// and asking the guard to carry it out.
+	beforePruneAsk func(events.AuthorityID)
 }
 
 func (c Config) withDefaults() Config {
