@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/factsync/factsync/events"
+	"github.com/factsync/factsync/shared/bus"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -150,32 +151,18 @@ func (w *journalWriter) dropStored(ctx context.Context, entries []journalEntry, 
 	if len(subjects) == 0 {
 		return entries, 0, nil
 	}
-	cons, err := w.journal.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+	stored := map[string]bool{}
+	err := bus.ScanWith(ctx, w.js, events.StreamJournal, jetstream.OrderedConsumerConfig{
 		FilterSubjects: slices.Sorted(maps.Keys(subjects)),
 		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
 		OptStartTime:   &since,
 		HeadersOnly:    true,
+	}, func(m jetstream.Msg) error {
+		stored[factIDOfMsgID(m.Headers().Get(events.HeaderMsgID))] = true
+		return nil
 	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("guard: read JOURNAL for facts stored before the dedup window: %w", err)
-	}
-	stored := map[string]bool{}
-	for {
-		batch, err := cons.FetchNoWait(1000)
-		if err != nil {
-			return nil, 0, fmt.Errorf("guard: read JOURNAL for facts stored before the dedup window: %w", err)
-		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			stored[factIDOfMsgID(m.Headers().Get(events.HeaderMsgID))] = true
-		}
-		if err := batch.Error(); err != nil {
-			return nil, 0, fmt.Errorf("guard: read JOURNAL for facts stored before the dedup window: %w", err)
-		}
-		if n == 0 {
-			break
-		}
 	}
 	kept := entries[:0:0]
 	for _, e := range entries {

@@ -24,6 +24,12 @@ func ScanFrom(ctx context.Context, js jetstream.JetStream, stream string, filter
 	if from > 1 {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from
 	}
+	return ScanWith(ctx, js, stream, cfg, fn)
+}
+
+// ScanWith is Scan with the ordered consumer's configuration given whole,
+// for a reader that starts elsewhere (a start time) or reads headers only.
+func ScanWith(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.OrderedConsumerConfig, fn func(jetstream.Msg) error) error {
 	cons, err := js.OrderedConsumer(ctx, stream, cfg)
 	if err != nil {
 		return fmt.Errorf("read %s: %w", stream, err)
