@@ -236,7 +236,23 @@ func TestCrashKillNineDuringIngest(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*wait+5*time.Minute)
 	defer cancel()
+	// Once a second, how many of the messages the guard holds INGRESS
+	// has redelivered (AckWait ran out while the guard worked): many
+	// would mean the guard repeats its own work under load.
+	guardConn := s.connect(t, natsauth.RoleGuard)
+	defer guardConn.Close()
+	guardJS, _ := jetstream.New(guardConn)
+	var mostRedelivered, mostAckPending int
+	var lastLook time.Time
 	bustest.Eventually(t, wait, func() bool {
+		if time.Since(lastLook) >= time.Second {
+			lastLook = time.Now()
+			if c, err := guardJS.Consumer(ctx, events.StreamIngress, "guard"); err == nil {
+				if ci, err := c.Info(ctx); err == nil {
+					mostRedelivered, mostAckPending = max(mostRedelivered, ci.NumRedelivered), max(mostAckPending, ci.NumAckPending)
+				}
+			}
+		}
 		st, err := js.Stream(ctx, events.StreamIngress)
 		if err != nil {
 			return false
@@ -244,6 +260,7 @@ func TestCrashKillNineDuringIngest(t *testing.T) {
 		info, err := st.Info(ctx)
 		return err == nil && info.State.Msgs == 0
 	}, "INGRESS drained by the guard (%v); server log:\n%s", lazy(func() string { return ingressState(ctx, t, s) }), &s.log)
+	t.Logf("while INGRESS drained, the guard's consumer had at most %d messages awaiting an ack and %d of them redelivered (read once a second)", mostAckPending, mostRedelivered)
 
 	stopStalls()
 	t.Logf("INGRESS drained after %s; the process was frozen %d times for %s", time.Since(began).Round(time.Millisecond), s.stalls, stallLength)
