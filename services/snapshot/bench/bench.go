@@ -92,8 +92,13 @@ type Result struct {
 	// ratio: on a machine shared with other work it moves less than the
 	// elapsed times do.
 	SnapshotCPUSeconds float64 `json:"snapshot_bootstrap_cpu_seconds"`
-	ReplayCPUSeconds   float64 `json:"replay_cpu_seconds"`
-	CPUSpeedup         float64 `json:"cpu_speedup"`
+	// SnapshotIngress and ReplayIngress count the messages each new peer
+	// put into its INGRESS over its span (fact batches: restored, pulled,
+	// and pulled again by a later session while the guard was behind).
+	SnapshotIngress  uint64  `json:"snapshot_ingress_messages"`
+	ReplayIngress    uint64  `json:"replay_ingress_messages"`
+	ReplayCPUSeconds float64 `json:"replay_cpu_seconds"`
+	CPUSpeedup       float64 `json:"cpu_speedup"`
 	// RestorePhases is when, in seconds after the snapshot peer was ready,
 	// its restore first reported each phase (fetching, verifying, loading,
 	// settling, complete).
@@ -179,14 +184,16 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	}
 	res.CreateSeconds = time.Since(start).Seconds()
 	res.SnapshotFacts, res.SnapshotBytes = int(info.Facts), info.ContentSize
+	historyFacts, wantDigest := uint64(len(history)), want.Digest()
 
 	for _, run := range []struct {
 		peer         int
 		seconds, cpu *float64
+		ingress      *uint64
 		facts        uint64
 	}{
-		{snapshotPeer, &res.SnapshotSeconds, &res.SnapshotCPUSeconds, info.Facts + uint64(res.AfterCutFacts)},
-		{replayPeer, &res.ReplaySeconds, &res.ReplayCPUSeconds, uint64(len(history))},
+		{snapshotPeer, &res.SnapshotSeconds, &res.SnapshotCPUSeconds, &res.SnapshotIngress, info.Facts + uint64(res.AfterCutFacts)},
+		{replayPeer, &res.ReplaySeconds, &res.ReplayCPUSeconds, &res.ReplayIngress, historyFacts},
 	} {
 		p, err := m.start(ctx, run.peer, w, true, func(p *peer) error {
 			if run.peer != snapshotPeer {
@@ -197,15 +204,24 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		if err != nil {
 			return res, err
 		}
+		// Work the peers already running still owe (their JOURNAL readers
+		// behind the last load or restore) would count towards this span.
+		if err := m.quiesce(ctx); err != nil {
+			return res, err
+		}
+		runtime.GC()
 		stopProfile, err := startProfile(cfg.ProfileDir, p.name)
 		if err != nil {
 			return res, err
 		}
 		ready, cpu := time.Now(), cpuclock.Start()
 		p.ready.Store(&startedAt{at: ready, cpu: cpu})
-		err = p.waitFor(ctx, w.auth, run.facts)
+		waitErr := p.waitFor(ctx, w.auth, run.facts)
 		*run.seconds, *run.cpu = time.Since(ready).Seconds(), cpu.Seconds()
-		if err := errors.Join(err, stopProfile()); err != nil {
+		if err := errors.Join(waitErr, stopProfile()); err != nil {
+			return res, err
+		}
+		if *run.ingress, err = ingressMessages(ctx, p.js); err != nil {
 			return res, err
 		}
 		if run.peer == snapshotPeer {
@@ -217,7 +233,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		if err != nil {
 			return res, err
 		}
-		if st.Digest() != want.Digest() {
+		if st.Digest() != wantDigest {
 			return res, fmt.Errorf("bootstrap bench: the %s peer did not converge to the source's documents", p.name)
 		}
 	}
@@ -421,6 +437,55 @@ func (m *benchMesh) start(ctx context.Context, i int, w *authority, syncs bool, 
 	return p, nil
 }
 
+// quietWait bounds the wait for the peers to catch up before a span.
+const quietWait = 5 * time.Minute
+
+// quiesce waits until every consumer of every stream on the running peers
+// has been delivered and has acknowledged everything: nothing the last
+// span started is still being read.
+func (m *benchMesh) quiesce(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, quietWait)
+	defer cancel()
+	for {
+		busy, err := m.busyConsumer(ctx)
+		if err != nil || busy == "" {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("bootstrap bench: consumer %s still behind after %s", busy, quietWait)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// busyConsumer names a consumer on a running peer with messages not yet
+// delivered or acknowledged, or returns "".
+func (m *benchMesh) busyConsumer(ctx context.Context) (string, error) {
+	for _, p := range m.peers {
+		streams := p.js.ListStreams(ctx)
+		for st := range streams.Info() {
+			s, err := p.js.Stream(ctx, st.Config.Name)
+			if err != nil {
+				return "", err
+			}
+			list := s.ListConsumers(ctx)
+			for c := range list.Info() {
+				if c.NumPending > 0 || c.NumAckPending > 0 {
+					return p.name + "/" + st.Config.Name + "/" + c.Name, nil
+				}
+			}
+			if err := list.Err(); err != nil {
+				return "", err
+			}
+		}
+		if err := streams.Err(); err != nil {
+			return "", err
+		}
+	}
+	return "", nil
+}
+
 // stop stops every peer and the hub. The measurement is over by then, so
 // an error on the way down is reported but changes no figure.
 func (m *benchMesh) stop() error {
@@ -483,6 +548,19 @@ func (p *peer) fold(ctx context.Context, auth events.AuthorityID) (*fold.State, 
 		return nil
 	}, func([]byte) {})
 	return st, err
+}
+
+// ingressMessages is how many messages INGRESS ever stored.
+func ingressMessages(ctx context.Context, js jetstream.JetStream) (uint64, error) {
+	s, err := js.Stream(ctx, events.StreamIngress)
+	if err != nil {
+		return 0, err
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.State.LastSeq, nil
 }
 
 func journalCount(ctx context.Context, js jetstream.JetStream, auth events.AuthorityID) (uint64, error) {
