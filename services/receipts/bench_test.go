@@ -44,6 +44,9 @@ func BenchmarkAppend(b *testing.B) {
 		if _, err := l.Append(leaves[i:min(i+512, len(leaves))]); err != nil {
 			b.Fatal(err)
 		}
+		if err := l.Sync(); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 

@@ -108,24 +108,30 @@ func CheckpointVerifier(pub ed25519.PublicKey) (note.Verifier, error) {
 	return newKeyVerifier(Origin(events.PeerIDOf(pub)), pub)
 }
 
-// SignCheckpoint signs a checkpoint of everything committed so far, unless
-// nothing was appended since the last one (then it returns nil, nil). It
-// first proves that the last checkpoint it signed is a prefix of the tree it
-// is about to sign, and refuses to sign otherwise, so the log never shows
-// two histories. The signed checkpoint is made durable before it is
-// returned, so it is never handed out and then forgotten.
+// SignCheckpoint syncs the log and signs a checkpoint of everything
+// appended so far, unless nothing was appended since the last one (then
+// it returns nil, nil). It first proves that the last checkpoint it signed
+// is a prefix of the tree it is about to sign, and refuses to sign
+// otherwise, so the log never shows two histories. The tree it signs is
+// durable before it signs, and the signed checkpoint before it is
+// returned, so it is never handed out and then forgotten, and a restart
+// never finds a checkpoint larger than its log.
 func (l *Log) SignCheckpoint(key ed25519.PrivateKey) ([]byte, error) {
-	l.appendMu.Lock() // the tree must not grow between the proof and the signature
-	defer l.appendMu.Unlock()
-	size, root := l.Size()
+	l.commitMu.Lock()
+	defer l.commitMu.Unlock()
 	last := l.LastCheckpoint()
 	peer := events.PeerIDOf(key.Public().(ed25519.PublicKey))
 	if last != nil && last.Origin != Origin(peer) {
 		return nil, fmt.Errorf("receipts: this log was signed as %q but the peer key is now %q's: refusing to sign it under another origin (wrong data directory or key?)", last.Origin, Origin(peer))
 	}
-	if size == 0 || last != nil && last.Size == size {
+	if size, _ := l.Size(); size == 0 || last != nil && last.Size == size {
 		return nil, nil // nothing to vouch for, or nothing new
 	}
+	tree, err := l.syncLocked()
+	if err != nil {
+		return nil, err
+	}
+	size, root := tree.Size, tree.Root
 	if err := l.checkExtends(last, size, root); err != nil {
 		return nil, err
 	}
@@ -222,10 +228,16 @@ func (l *Log) Adopt(signed []byte, peer ed25519.PublicKey) error {
 	if err != nil {
 		return err
 	}
-	l.appendMu.Lock()
-	defer l.appendMu.Unlock()
+	l.commitMu.Lock()
+	defer l.commitMu.Unlock()
 	if size, _ := l.Size(); c.Size > size {
 		return ErrBehind
+	}
+	if c.Size > l.durable.Size {
+		// The checkpoint file must never be ahead of the tree file.
+		if _, err := l.syncLocked(); err != nil {
+			return err
+		}
 	}
 	root, err := l.TreeHashAt(c.Size)
 	if err != nil {

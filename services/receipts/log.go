@@ -23,11 +23,16 @@ import (
 //	            JOURNAL sequence it reflects, replaced atomically
 //	checkpoint  the last checkpoint this peer signed, replaced atomically
 //
-// An append writes leaves and hashes past the committed end, fsyncs them,
-// and only then replaces tree. The tree file is the commit point: whatever
-// lies past its size in leaves or hashes is an append that never finished,
-// and Open cuts it off. The JOURNAL messages of that append were not acked,
-// so they come again and are appended once.
+// An append writes leaves and hashes past the end and makes them visible in
+// memory, without an fsync. Sync makes the log durable: it fsyncs leaves
+// and hashes and only then replaces tree. The tree file is the commit
+// point: whatever lies past its size in leaves or hashes was appended but
+// not yet synced (or its sync never finished), and Open cuts it off. The
+// service then reads JOURNAL again from the position in tree, so those
+// facts come again and are appended once. Only what a checkpoint vouches
+// for must survive a crash, so SignCheckpoint and Adopt sync first: one
+// commit per checkpoint, not one per append (docs/receipts.md, "Checkpoint
+// cadence").
 //
 // The service appends the facts of JOURNAL in stream order, each FactID
 // at its first occurrence (a fact the guard wrote twice is one leaf) and
@@ -63,14 +68,20 @@ type Log struct {
 	leaves *os.File
 	hashes *os.File
 
-	// appendMu serialises appends, which write past the committed end of
-	// the files without holding mu.
+	// appendMu serialises appends, which write past the end of the files
+	// without holding mu.
 	appendMu sync.Mutex
+	// commitMu serialises syncing the log and signing or adopting
+	// checkpoints, which replace the tree and checkpoint files. It does not
+	// hold appends up: a sync commits the tree it read once under mu, whose
+	// leaves and stored hashes never change, so the log may grow meanwhile.
+	commitMu sync.Mutex
+	durable  committedTree // the tree in the tree file; guarded by commitMu
 
 	mu       sync.RWMutex // guards the fields below
 	size     int64
 	root     tlog.Hash
-	position uint64 // the JOURNAL sequence the committed tree reflects
+	position uint64 // the JOURNAL sequence the tree reflects
 	index    map[events.FactID]int64
 	last     *SignedCheckpoint // the last checkpoint signed, nil before the first
 
@@ -78,9 +89,9 @@ type Log struct {
 	// hashes files: what an append that stopped before its commit wrote.
 	interrupted Interrupted
 
-	// beforeCommit, set only by tests, runs once the leaves and hashes of
-	// an append are durable and before the tree size is; an error stops
-	// the append there, as a crash would.
+	// beforeCommit, set only by tests, runs once a sync has made the
+	// leaves and hashes durable and before the tree file is replaced; an
+	// error stops the sync there, as a crash would.
 	beforeCommit func() error
 }
 
@@ -137,7 +148,7 @@ func (l *Log) resume() error {
 	if l.interrupted.HashBytes, err = cutTo(l.hashes, tlog.StoredHashCount(tree.Size)*tlog.HashSize); err != nil {
 		return fmt.Errorf("receipts: hashes: %w", err)
 	}
-	l.size, l.position = tree.Size, tree.Position
+	l.size, l.position, l.durable = tree.Size, tree.Position, tree
 	root, err := tlog.TreeHash(l.size, l.reader(l.size, nil))
 	if err != nil {
 		return fmt.Errorf("receipts: recompute root: %w", err)
@@ -220,28 +231,30 @@ func decodeLeaf(rec []byte) Leaf {
 	return leaf
 }
 
-// Close releases the files. The log stays as committed.
+// Close syncs the log, so that a clean stop resumes where it stopped,
+// and releases the files.
 func (l *Log) Close() error {
-	return errors.Join(l.leaves.Close(), l.hashes.Close())
+	return errors.Join(l.Sync(), l.leaves.Close(), l.hashes.Close())
 }
 
-// Size returns the number of committed leaves and the root over them.
+// Size returns the number of leaves appended and the root over them.
 func (l *Log) Size() (int64, tlog.Hash) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	return l.size, l.root
 }
 
-// Position is the JOURNAL sequence the committed tree reflects: every
-// JOURNAL message up to it was appended or skipped. 0 for a log that has
-// not followed JOURNAL (or only through Append).
+// Position is the JOURNAL sequence the log reflects: every JOURNAL
+// message up to it was appended or skipped. 0 for a log that has not
+// followed JOURNAL (or only through Append). After OpenLog it is the
+// position of the last sync.
 func (l *Log) Position() uint64 {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	return l.position
 }
 
-// Lookup returns the leaf index of a committed fact.
+// Lookup returns the leaf index of an appended fact.
 func (l *Log) Lookup(id events.FactID) (int64, bool) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
@@ -249,7 +262,7 @@ func (l *Log) Lookup(id events.FactID) (int64, bool) {
 	return i, ok
 }
 
-// Leaf returns the committed leaf at index i.
+// Leaf returns the appended leaf at index i.
 func (l *Log) Leaf(i int64) (Leaf, error) {
 	if size, _ := l.Size(); i < 0 || i >= size {
 		return Leaf{}, events.Errorf(events.ReasonNotFound, "leaf %d is not in the log of %d leaves", i, size)
@@ -261,16 +274,17 @@ func (l *Log) Leaf(i int64) (Leaf, error) {
 	return decodeLeaf(rec), nil
 }
 
-// Append adds the leaves not yet in the log, in order, and makes them
-// durable before it returns. A fact already in the log, or twice in
-// leaves, is not appended again. It returns how many leaves were new.
+// Append adds the leaves not yet in the log, in order. They are visible
+// when it returns and durable after the next Sync (or signed checkpoint).
+// A fact already in the log, or twice in leaves, is not appended again.
+// It returns how many leaves were new.
 func (l *Log) Append(leaves []Leaf) (int, error) {
 	return l.AppendThrough(leaves, l.Position())
 }
 
-// AppendThrough appends leaves as Append does and records, in the same
-// commit, that the log now reflects JOURNAL through sequence position. It
-// commits the position even when no leaf is new.
+// AppendThrough appends leaves as Append does and records that the log
+// now reflects JOURNAL through sequence position, which the next Sync
+// commits with them. It moves the position even when no leaf is new.
 func (l *Log) AppendThrough(leaves []Leaf, position uint64) (int, error) {
 	l.appendMu.Lock()
 	defer l.appendMu.Unlock()
@@ -292,7 +306,8 @@ func (l *Log) AppendThrough(leaves []Leaf, position uint64) (int, error) {
 		if position == l.Position() {
 			return 0, nil
 		}
-		return 0, l.commit(size, root, position, nil)
+		l.publish(size, root, position, nil)
+		return 0, nil
 	}
 
 	records := make([]byte, len(fresh)*leafRecordSize)
@@ -311,40 +326,62 @@ func (l *Log) AppendThrough(leaves []Leaf, position uint64) (int, error) {
 		return 0, fmt.Errorf("receipts: compute root: %w", err)
 	}
 
-	if err := writeDurably(l.leaves, records, size*int64(leafRecordSize)); err != nil {
+	if _, err := l.leaves.WriteAt(records, size*int64(leafRecordSize)); err != nil {
 		return 0, fmt.Errorf("receipts: write leaves: %w", err)
 	}
-	if err := writeDurably(l.hashes, encodeHashes(pending), tlog.StoredHashCount(size)*tlog.HashSize); err != nil {
+	if _, err := l.hashes.WriteAt(encodeHashes(pending), tlog.StoredHashCount(size)*tlog.HashSize); err != nil {
 		return 0, fmt.Errorf("receipts: write hashes: %w", err)
 	}
-	if l.beforeCommit != nil {
-		if err := l.beforeCommit(); err != nil {
-			return 0, err
-		}
-	}
-	return len(fresh), l.commit(newSize, root, position, fresh)
+	l.publish(newSize, root, position, fresh)
+	return len(fresh), nil
 }
 
-// commit makes the tree of newSize leaves, which adds fresh to the
-// committed ones, the committed tree. Its leaves and hashes are durable.
-func (l *Log) commit(newSize int64, root tlog.Hash, position uint64, fresh []Leaf) error {
-	if err := atomicfile.Write(filepath.Join(l.dir, treeFile), mustJSON(committedTree{Size: newSize, Root: root, Position: position})); err != nil {
-		return fmt.Errorf("receipts: commit tree: %w", err)
-	}
+// publish makes the tree of newSize leaves, which adds fresh to the ones
+// before, the log's tree. Its leaves and hashes are written.
+func (l *Log) publish(newSize int64, root tlog.Hash, position uint64, fresh []Leaf) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for i, leaf := range fresh {
 		l.index[leaf.Fact] = l.size + int64(i)
 	}
 	l.size, l.root, l.position = newSize, root, position
-	return nil
 }
 
-func writeDurably(f *os.File, data []byte, off int64) error {
-	if _, err := f.WriteAt(data, off); err != nil {
-		return err
+// Sync makes everything appended so far durable: it fsyncs the leaves and
+// hashes, then replaces the tree file, the commit point a restart resumes
+// from.
+func (l *Log) Sync() error {
+	l.commitMu.Lock()
+	defer l.commitMu.Unlock()
+	_, err := l.syncLocked()
+	return err
+}
+
+// syncLocked is Sync with commitMu held; it returns the tree it committed.
+func (l *Log) syncLocked() (committedTree, error) {
+	l.mu.RLock()
+	tree := committedTree{Size: l.size, Root: l.root, Position: l.position}
+	l.mu.RUnlock()
+	if tree == l.durable {
+		return tree, nil
 	}
-	return f.Sync()
+	// The two fsyncs are independent: wait for one while the other runs.
+	leaves := make(chan error, 1)
+	go func() { leaves <- l.leaves.Sync() }()
+	err := l.hashes.Sync()
+	if err := errors.Join(err, <-leaves); err != nil {
+		return committedTree{}, fmt.Errorf("receipts: sync leaves and hashes: %w", err)
+	}
+	if l.beforeCommit != nil {
+		if err := l.beforeCommit(); err != nil {
+			return committedTree{}, err
+		}
+	}
+	if err := atomicfile.Write(filepath.Join(l.dir, treeFile), mustJSON(tree)); err != nil {
+		return committedTree{}, fmt.Errorf("receipts: commit tree: %w", err)
+	}
+	l.durable = tree
+	return tree, nil
 }
 
 func encodeHashes(hashes []tlog.Hash) []byte {
@@ -366,7 +403,7 @@ func mustJSON(v any) []byte {
 // reader reads the stored hashes of the tree of size leaves from the
 // hashes file and, past them, from pending: the hashes of an append not yet
 // written. Stored hashes never change once written, so a reader needs no
-// lock as long as size is committed.
+// lock as long as size has been appended.
 func (l *Log) reader(size int64, pending []tlog.Hash) tlog.HashReader {
 	committed := tlog.StoredHashCount(size)
 	return tlog.HashReaderFunc(func(indexes []int64) ([]tlog.Hash, error) {

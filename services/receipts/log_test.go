@@ -103,8 +103,9 @@ func TestCrashBetweenLeavesAndTreeSizeLosesNothingAndRepeatsNothing(t *testing.T
 	}
 	crash := errors.New("simulated crash")
 	l.beforeCommit = func() error { return crash }
-	if _, err := l.Append(leaves[8:15]); !errors.Is(err, crash) {
-		t.Fatalf("append with a crash before commit: %v", err)
+	mustAppend(t, l, leaves[8:15])
+	if err := l.Sync(); !errors.Is(err, crash) {
+		t.Fatalf("sync with a crash before commit: %v", err)
 	}
 	l.Close()
 	if st, _ := os.Stat(filepath.Join(dir, leavesFile)); st.Size() <= 8*int64(leafRecordSize) {

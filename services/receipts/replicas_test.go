@@ -96,7 +96,7 @@ func (p *peer) localCheckpoint(t *testing.T) (Checkpoint, error) {
 // ones before it.
 func TestStandbyTakesOverAndPausedWriterIsFenced(t *testing.T) {
 	const leaseTTL = 40 * time.Second // renewals every 10s; checkpoints every 1s
-	cfg := Config{CheckpointInterval: time.Second, CheckpointEvery: 1 << 20, Lease: leaseTTL}
+	cfg := Config{CheckpointWait: time.Second, Lease: leaseTTL}
 	h := startServer(t)
 	key, author := testKey("peer"), testKey("authority")
 	a := start(t, h, key, t.TempDir(), New(cfg))

@@ -36,17 +36,18 @@ const Name = "receipts"
 
 // Config tunes the receipts service. The zero value is usable.
 type Config struct {
-	// CheckpointInterval is the longest an appended fact waits for a
-	// signed checkpoint, and so for its receipt, beyond the time to append,
-	// sign and publish it. Default 500ms; docs/receipts.md, "Receipt
-	// latency under ingest", has the measured end-to-end figures. No
+	// CheckpointWait is how long the writer collects appended facts
+	// before it signs one checkpoint of them: once a fact that no
+	// checkpoint covers has been appended, the writer waits this long,
+	// then signs everything appended by then. A fact therefore waits for
+	// its receipt at most this long beyond the time to read it from
+	// JOURNAL, append it, sign and publish, and the writer signs at most
+	// one checkpoint per CheckpointWait. Default 100ms; docs/receipts.md,
+	// "Checkpoint cadence", has the reasons and the measured figures. No
 	// checkpoint is signed while the log does not grow.
-	CheckpointInterval time.Duration
-	// CheckpointEvery signs a checkpoint early once this many facts wait
-	// for one. Default 4096.
-	CheckpointEvery int
-	// BatchSize is the most JOURNAL messages appended with one fsync.
-	// Default 512.
+	CheckpointWait time.Duration
+	// BatchSize is the most JOURNAL messages appended at once. Default
+	// 512.
 	BatchSize int
 	// Lease is how long the active replica's writer lease lasts without
 	// renewal: the longest a dead active replica leaves the log unsigned
@@ -60,11 +61,8 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	if c.CheckpointInterval <= 0 {
-		c.CheckpointInterval = 500 * time.Millisecond
-	}
-	if c.CheckpointEvery <= 0 {
-		c.CheckpointEvery = 4096
+	if c.CheckpointWait <= 0 {
+		c.CheckpointWait = 100 * time.Millisecond
 	}
 	if c.BatchSize <= 0 {
 		c.BatchSize = 512
@@ -82,7 +80,8 @@ func (c Config) withDefaults() Config {
 type Service struct {
 	cfg Config
 
-	// beforeCommit is handed to the log; tests use it to crash mid-append.
+	// beforeCommit is handed to the log; tests use it to crash between
+	// syncing the leaves and committing the tree.
 	beforeCommit func() error
 }
 
@@ -106,10 +105,10 @@ type run struct {
 	log  *Log
 	peer events.PeerID
 
-	checkpointDue chan struct{} // CheckpointEvery facts wait for a checkpoint
-	grown         chan struct{} // the log grew: a published checkpoint may now be adopted
-	active        atomic.Bool   // this replica holds the writer lease
-	pending       atomic.Uint64 // JOURNAL messages past the last one appended
+	uncovered chan struct{} // facts were appended: the writer signs a checkpoint of them
+	grown     chan struct{} // the log grew: a published checkpoint may now be adopted
+	active    atomic.Bool   // this replica holds the writer lease
+	pending   atomic.Uint64 // JOURNAL messages past the last one appended
 
 	appended    metric.Int64Counter
 	checkpoints metric.Int64Counter
@@ -133,7 +132,7 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 		return fmt.Errorf("receipts: the log in %s has %d leaves but no JOURNAL position: it was built before logs followed JOURNAL in order; move it away so the log is rebuilt from JOURNAL", filepath.Join(env.DataDir, "log"), size)
 	}
 	l.beforeCommit = s.beforeCommit
-	r := &run{cfg: s.cfg, env: env, log: l, peer: env.Peer, checkpointDue: make(chan struct{}, 1), grown: make(chan struct{}, 1)}
+	r := &run{cfg: s.cfg, env: env, log: l, peer: env.Peer, uncovered: make(chan struct{}, 1), grown: make(chan struct{}, 1)}
 	if cut := l.Interrupted(); cut != (Interrupted{}) {
 		size, _ := l.Size()
 		r.logger().Warn("receipts: dropped the end of an append that stopped before its commit (a crash); appending JOURNAL again from the committed position",
@@ -231,10 +230,13 @@ func (r *run) logger() *slog.Logger {
 
 // follow appends JOURNAL to the log in stream order, from the position the
 // log reflects, in batches: it takes what has arrived (up to BatchSize)
-// and appends it with one fsync, recording the position in the same
-// commit. Every replica follows JOURNAL, active or not, so a standby's log
-// is warm when it takes over. A crash mid-append leaves the position
-// before the batch, which is read again and appended once.
+// and appends it, and the position with it. An append does not wait for
+// the disk: the log is made durable, position included, when a checkpoint
+// is signed or adopted (Log.Sync), so the appends keep up with JOURNAL
+// however slow an fsync is. Every replica follows JOURNAL, active or not,
+// so a standby's log is warm when it takes over. A crash loses what was
+// appended since the last sync; the service then reads JOURNAL again from
+// the position synced with it and appends the same facts once.
 func (r *run) follow(ctx context.Context, journal jetstream.Stream) error {
 	cons, err := journal.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{events.JournalPrefix + ".>"},
@@ -251,10 +253,9 @@ func (r *run) follow(ctx context.Context, journal jetstream.Stream) error {
 	if err != nil {
 		return fmt.Errorf("receipts: consume JOURNAL: %w", err)
 	}
-	// Buffered, so that while one batch is appended (fsync) the next
-	// gathers here and TakeReady finds it: over an unbuffered channel it
-	// would find one message at most, and a backlog would be appended
-	// with an fsync per fact.
+	// Buffered, so that while one batch is appended the next gathers here
+	// and TakeReady finds it: over an unbuffered channel it would find one
+	// message at most, and a backlog would be appended a fact at a time.
 	msgs := make(chan jetstream.Msg, r.cfg.BatchSize)
 	go func() {
 		defer close(msgs)
@@ -298,7 +299,7 @@ func (r *run) follow(ctx context.Context, journal jetstream.Stream) error {
 }
 
 // appendBatch appends the facts in batch, which follows the log's
-// position in JOURNAL order, and makes them durable.
+// position in JOURNAL order.
 func (r *run) appendBatch(ctx context.Context, batch []jetstream.Msg) error {
 	leaves := make([]Leaf, 0, len(batch))
 	sources := make([]jetstream.Msg, 0, len(batch))
@@ -328,10 +329,9 @@ func (r *run) appendBatch(ctx context.Context, batch []jetstream.Msg) error {
 		return fmt.Errorf("receipts: append to log: %w", err)
 	}
 	r.appended.Add(ctx, int64(n))
-	signal(r.grown)
-	size, _ := r.log.Size()
-	if last := r.log.LastCheckpoint(); last == nil || size-last.Size >= int64(r.cfg.CheckpointEvery) {
-		signal(r.checkpointDue)
+	if n > 0 {
+		signal(r.grown)
+		signal(r.uncovered)
 	}
 	return nil
 }

@@ -262,7 +262,8 @@ func TestRestartAndCrashMidAppendNeverRepeatOrSkip(t *testing.T) {
 	first, second, third := facts(t, author, "a", 5), facts(t, author, "b", 5), facts(t, author, "c", 3)
 
 	// Run 1 appends the first facts, then crashes in the middle of the
-	// next append: its leaves and hashes are on disk, its tree size is not.
+	// sync before the next checkpoint: the leaves and hashes appended
+	// since the first are on disk, the tree file that commits them is not.
 	crashing := New(cfg)
 	crash := errors.New("simulated crash between storing leaves and storing the tree size")
 	var armed atomic.Bool
@@ -277,14 +278,20 @@ func TestRestartAndCrashMidAppendNeverRepeatOrSkip(t *testing.T) {
 	cp1 := p.checkpointOf(t, 5)
 	armed.Store(true)
 	journal(t, h.JS, second)
-	select {
-	case err := <-p.done:
-		if !errors.Is(err, crash) {
-			t.Fatalf("run 1 ended with %v, want the crash", err)
+	crashed := time.After(10 * time.Second)
+	for stopped := false; !stopped; {
+		p.clock.Advance(time.Second) // the next checkpoint syncs, and crashes
+		select {
+		case err := <-p.done:
+			if !errors.Is(err, crash) {
+				t.Fatalf("run 1 ended with %v, want the crash", err)
+			}
+			p.done <- err
+			stopped = true
+		case <-time.After(5 * time.Millisecond):
+		case <-crashed:
+			t.Fatal("run 1 did not crash")
 		}
-		p.done <- err
-	case <-time.After(10 * time.Second):
-		t.Fatal("run 1 did not crash")
 	}
 
 	if st, err := os.Stat(filepath.Join(dir, "log", leavesFile)); err != nil || st.Size() <= 5*int64(leafRecordSize) {
@@ -436,22 +443,21 @@ func counterValue(t *testing.T, r *sdkmetric.ManualReader, name string) int64 {
 	return total
 }
 
-// A backlog of JOURNAL is appended in batches of up to BatchSize, one
-// fsync each, not a message at a time.
-func TestBacklogIsAppendedInBatches(t *testing.T) {
+// A backlog of JOURNAL is made durable with a commit (fsyncs and the tree
+// file) per signed checkpoint, not per fact or per appended batch.
+func TestBacklogIsCommittedPerCheckpoint(t *testing.T) {
 	h := startServer(t)
-	const backlog, batch = 2048, 512
+	const backlog = 2048
 	journal(t, h.JS, facts(t, testKey("authority"), "backlog", backlog))
-	svc := New(Config{BatchSize: batch})
-	var appends atomic.Int64
-	svc.beforeCommit = func() error { appends.Add(1); return nil }
+	svc := New(Config{BatchSize: 512})
+	var commits atomic.Int64
+	svc.beforeCommit = func() error { commits.Add(1); return nil }
 	p := start(t, h, testKey("peer"), t.TempDir(), svc)
 	p.checkpointOf(t, backlog)
-	// A batch fills while the one before it is written, so all but the
-	// first few are full; a mean of 64 leaves room for a slow machine.
-	if n := appends.Load(); n > backlog/64 {
-		t.Fatalf("a backlog of %d facts took %d appends (a mean batch of %d), want at most %d", backlog, n, backlog/int(n), backlog/64)
+	signed := counterValue(t, p.meter, "factsync.receipts.checkpoints")
+	if n := commits.Load(); n > signed || n > backlog/64 {
+		t.Fatalf("a backlog of %d facts took %d commits for %d checkpoints, want one per checkpoint at most and no more than %d", backlog, n, signed, backlog/64)
 	} else {
-		t.Logf("a backlog of %d facts took %d appends", backlog, n)
+		t.Logf("a backlog of %d facts took %d commits for %d checkpoints", backlog, n, signed)
 	}
 }

@@ -46,6 +46,10 @@ const (
 	// WriterBucket is the KV bucket of the writer lease.
 	WriterBucket = "receipts_writer"
 	writerKey    = "writer"
+	// retryInterval is how often the writer tries again to publish a
+	// checkpoint whose publish failed, and how often a new writer looks
+	// whether its log has reached the last published checkpoint.
+	retryInterval = time.Second
 )
 
 // writer is a replica's part in the writer lease.
@@ -132,7 +136,7 @@ func (t *term) takeOver(ctx context.Context) error {
 	if err != nil || last == nil {
 		return err
 	}
-	ticker := t.env.Clock.NewTicker(t.cfg.CheckpointInterval)
+	ticker := t.env.Clock.NewTicker(retryInterval)
 	defer ticker.Stop()
 	for {
 		err := t.log.Adopt(last.Data, t.pub())
@@ -177,20 +181,30 @@ func fenceOf(h nats.Header) uint64 {
 	return token
 }
 
-// checkpointLoop signs a checkpoint every CheckpointInterval, or sooner
-// when CheckpointEvery facts wait, if the log grew.
+// checkpointLoop signs and publishes checkpoints. Once facts that no
+// checkpoint covers have been appended, it waits CheckpointWait for more
+// to come, then signs one checkpoint of everything appended by then. A
+// publish that failed is tried again every retryInterval.
 func (t *term) checkpointLoop(ctx context.Context) error {
-	ticker := t.env.Clock.NewTicker(t.cfg.CheckpointInterval)
-	defer ticker.Stop()
 	for {
 		if err := t.checkpoint(ctx); err != nil {
 			return err
 		}
+		var retry <-chan time.Time
+		if last := t.log.LastCheckpoint(); last != nil && last.Size != t.published {
+			retry = t.env.Clock.After(retryInterval)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-ticker.C():
-		case <-t.checkpointDue:
+		case <-retry:
+			continue
+		case <-t.uncovered:
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.env.Clock.After(t.cfg.CheckpointWait):
 		}
 	}
 }
@@ -234,11 +248,11 @@ func (t *term) publish(ctx context.Context, c *SignedCheckpoint) error {
 		if err := t.log.Adopt(last.Data, t.pub()); err != nil && !errors.Is(err, ErrBehind) {
 			return fmt.Errorf("receipts: another replica published at RECEIPTS sequence %d: %w", last.Sequence, err)
 		}
-		t.logger().Warn("receipts: another replica published a checkpoint under a lower token; publishing again at the next tick", "seq", last.Sequence)
+		t.logger().Warn("receipts: another replica published a checkpoint under a lower token; publishing again", "seq", last.Sequence, "in", retryInterval)
 		return nil
 	}
 	if err != nil {
-		t.logger().Warn("receipts: publish checkpoint; retrying at the next tick", "size", c.Size, "err", err)
+		t.logger().Warn("receipts: publish checkpoint; retrying", "size", c.Size, "in", retryInterval, "err", err)
 		return nil
 	}
 	t.lastSeq, t.published = ack.Sequence, c.Size
