@@ -120,7 +120,10 @@ func OpenLog(dir string) (*Log, error) {
 		return nil, fmt.Errorf("receipts: open hashes: %w", err)
 	}
 	if err := l.resume(); err != nil {
-		l.Close()
+		// Not Close: its sync would commit a tree the failed resume left
+		// half loaded.
+		l.leaves.Close()
+		l.hashes.Close()
 		return nil, err
 	}
 	return l, nil

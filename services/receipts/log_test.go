@@ -1,9 +1,11 @@
 package receipts
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -170,5 +172,36 @@ func TestSignCheckpointOnlyWhenGrownAndRefusesAFork(t *testing.T) {
 	}
 	if _, err := OpenLog(forked); err == nil {
 		t.Fatal("opened a log inconsistent with the checkpoint it signed before")
+	}
+}
+
+// A log whose files disagree with its tree file does not open, and the
+// failed open leaves the tree file as it found it.
+func TestCorruptLogIsRefusedAndLeftAlone(t *testing.T) {
+	dir := t.TempDir()
+	l := openLog(t, dir)
+	mustAppend(t, l, testLeaves("a", 9))
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, treeFile)
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tree committedTree
+	if err := json.Unmarshal(raw, &tree); err != nil || tree.Size != 9 {
+		t.Fatalf("tree file after a clean close: %s (%v)", raw, err)
+	}
+	tree.Root[0] ^= 1
+	corrupt := mustJSON(tree)
+	if err := os.WriteFile(path, corrupt, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenLog(dir); err == nil {
+		t.Fatal("opened a log whose stored hashes disagree with its tree file")
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(after, corrupt) {
+		t.Fatalf("the failed open rewrote the tree file: %s, was %s", after, corrupt)
 	}
 }
