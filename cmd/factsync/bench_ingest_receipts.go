@@ -26,16 +26,18 @@ type receiptLatency struct {
 	// published while covering them.
 	Checkpoints int `json:"checkpoints"`
 	// CheckpointGap* are the median and longest time between two of
-	// those checkpoints being stored: with a checkpoint every
-	// CheckpointInterval (500 ms), a fact waits half of it on average.
+	// those checkpoints being stored: the writer signs CheckpointWait
+	// (100 ms) after facts arrive, plus the time to sync, sign and
+	// publish, so under steady ingest this is about that cycle.
 	CheckpointGapP50Millis float64 `json:"checkpoint_gap_p50_ms"`
 	CheckpointGapMaxMillis float64 `json:"checkpoint_gap_max_ms"`
 	// NewestLeaf* are the latency of the last fact each checkpoint
 	// covers, median and longest over the checkpoints: that fact did not
 	// wait for the interval to come round, so this is the pipeline's own
-	// delay (the receipts service reading JOURNAL, appending with an
-	// fsync, signing, publishing with an fsync). A fact's latency is
-	// about this plus its wait for the next checkpoint.
+	// delay (the receipts service reading JOURNAL and appending, then
+	// syncing the log, signing and publishing, each with fsyncs, plus
+	// CheckpointWait). A fact's latency is about this plus its wait for
+	// the next checkpoint.
 	NewestLeafP50Millis float64 `json:"newest_leaf_p50_ms"`
 	NewestLeafMaxMillis float64 `json:"newest_leaf_max_ms"`
 	// The latency of a fact runs from the JetStream timestamp of its
@@ -50,11 +52,20 @@ type receiptLatency struct {
 	// Within1s is the share of facts whose receipt was available within
 	// 1 s, the issue's target.
 	Within1s float64 `json:"within_1s"`
+	// GoalMet says whether this run met the speed goal: p99 within
+	// receiptLatencyGoal (1 s) at the full ingest rate. It is a goal to
+	// report, not a test: on a shared machine one run may miss it.
+	GoalMet bool `json:"goal_met"`
 	// SpotChecked is how many receipts, spread over the log, were fetched
 	// as `receipt get` fetches them and verified offline, each at the leaf
 	// index the latencies assumed.
 	SpotChecked int `json:"spot_checked"`
 }
+
+// receiptLatencyGoal is the issue's target: a fact's receipt is
+// available within 1 s of acceptance at the full ingest rate, taken here
+// as p99.
+const receiptLatencyGoal = time.Second
 
 // receiptCoverWait bounds the wait, after the last fact is queryable, for
 // a checkpoint covering every fact; the service signs one at least every
@@ -144,13 +155,14 @@ func measureReceiptLatency(ctx context.Context, js jetstream.JetStream, client *
 	res := &receiptLatency{Facts: facts, Checkpoints: len(checkpoints)}
 	within := 0
 	for _, l := range latencies {
-		if l <= time.Second {
+		if l <= receiptLatencyGoal {
 			within++
 		}
 	}
 	res.Within1s = float64(within) / float64(facts)
 	at := quantiles(latencies)
 	res.MinMillis, res.P50Millis, res.P90Millis, res.P99Millis, res.MaxMillis = at(0), at(0.5), at(0.9), at(0.99), at(1)
+	res.GoalMet = res.P99Millis <= float64(receiptLatencyGoal.Milliseconds())
 	pipeline := quantiles(newest)
 	res.NewestLeafP50Millis, res.NewestLeafMaxMillis = pipeline(0.5), pipeline(1)
 	if len(checkpoints) > 1 {
