@@ -18,7 +18,16 @@ const AntiEntropyProto = "antientropy"
 const (
 	AntiEntropyOpSync   = "sync"   // SyncRequest -> SyncReply
 	AntiEntropyOpStatus = "status" // {}          -> SyncStatus
+	// AntiEntropyOpAddPeer adds a static peer (AddPeerRequest ->
+	// PeerStatus): kept in StaticPeerBucket, synced at once and on every
+	// interval like the peers of the configuration.
+	AntiEntropyOpAddPeer = "add_peer"
 )
+
+// AddPeerRequest names the peer to add.
+type AddPeerRequest struct {
+	Peer PeerID `json:"peer"`
+}
 
 // SyncRequest asks for a sync of the authority in the subject with Peer,
 // or with every present or static peer when Peer is empty. The reply
@@ -82,9 +91,12 @@ const (
 // PeerStatus is what a peer knows of another.
 type PeerStatus struct {
 	Peer PeerID `json:"peer"`
-	// Static peers come from config; the others from presence.
+	// Static peers come from config, or were added (Added, kept in
+	// StaticPeerBucket); the others from presence.
 	Static bool `json:"static,omitempty"`
-	// Present is set while heartbeats arrive.
+	Added  bool `json:"added,omitempty"`
+	// Present is set while the peer's key is in PresenceBucket: it was
+	// heard within three of its heartbeat intervals.
 	Present   bool      `json:"present"`
 	LastSeen  time.Time `json:"last_seen,omitzero"`
 	Successes int       `json:"successes"`

@@ -17,6 +17,7 @@ import (
 //	fs.svc.<proto>.<op>.<auth>              requests the guard has accepted, answered by a service
 //	fs.peer.<peer>.<proto>.<op>             peer-to-peer requests, answered by the guard of <peer>
 //	fs.presence.<peer>                      core NATS: peer heartbeats across the mesh
+//	fs.discovery.<peer>                     core NATS, local: changes of the presence bucket, republished
 //	fs.receipts.checkpoint.<peer>           RECEIPTS: signed checkpoints
 //	fs.ota.<event>.<proposal>               OTA: the event-sourced upgrade ceremonies
 //	fs.snapshot.<event>.<auth>              SNAPSHOTS: snapshot proposals, approvals and commits
@@ -32,9 +33,14 @@ const (
 	ServicePrefix  = "fs.svc"
 	PeerPrefix     = "fs.peer"
 	PresencePrefix = "fs.presence"
-	ReceiptsPrefix = "fs.receipts"
-	OTAPrefix      = "fs.ota"
-	SnapshotPrefix = "fs.snapshot"
+	// DiscoveryPrefix carries PresenceBucket's changes, republished by
+	// the server (the bucket's RePublish), for clients that have no
+	// JetStream API: one message per heartbeat recorded, and the
+	// server's marker (Nats-Marker-Reason) when a peer's key expires.
+	DiscoveryPrefix = "fs.discovery"
+	ReceiptsPrefix  = "fs.receipts"
+	OTAPrefix       = "fs.ota"
+	SnapshotPrefix  = "fs.snapshot"
 )
 
 // MaxNameLen bounds collection names and document ids, which travel as
@@ -151,6 +157,9 @@ func PeerSubject(peer PeerID, proto, op string) string {
 
 // PresenceSubject carries heartbeats of peer.
 func PresenceSubject(peer PeerID) string { return join(PresencePrefix, string(peer)) }
+
+// DiscoverySubject carries PresenceBucket's changes to peer's key.
+func DiscoverySubject(peer PeerID) string { return join(DiscoveryPrefix, string(peer)) }
 
 // CheckpointSubject carries the signed checkpoints of peer's receipts log.
 func CheckpointSubject(peer PeerID) string { return join(ReceiptsPrefix, "checkpoint", string(peer)) }

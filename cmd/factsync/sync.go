@@ -14,7 +14,8 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// `factsync peers`, `factsync sync <peer>` and `factsync sync status` ask
+// `factsync peers`, `factsync peers add <peer>`, `factsync sync <peer>`
+// and `factsync sync status` ask
 // the local anti-entropy service, through the local guard, with the
 // context's device token (it needs the `sync` right).
 
@@ -72,8 +73,13 @@ func newPeersCommand(g *globals) *cobra.Command {
 	var f syncFlags
 	cmd := &cobra.Command{
 		Use:   "peers",
-		Short: "List the peers this stack knows: presence, score, successes, failures, backoff",
-		Args:  cobra.NoArgs,
+		Short: "List the peers this stack knows, static and discovered: presence, score, successes, failures, backoff",
+		Long: `List the peers this stack knows: the static ones (DATA/peers.txt, or added
+with 'factsync peers add') and those discovered by their heartbeats. STATE
+is present while the peer's key is in the presence bucket (heard within
+three of its heartbeat intervals), lost once it expired, and not heard for
+a static peer never heard. The bucket itself: go tool nats kv ls peer_presence`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := f.status(cmd.Context(), g)
 			if err != nil {
@@ -84,7 +90,60 @@ func newPeersCommand(g *globals) *cobra.Command {
 		},
 	}
 	f.add(cmd)
+	var af syncFlags
+	add := &cobra.Command{
+		Use:   "add <peer>",
+		Short: "Add a static peer, which this stack then syncs with at once and on every interval",
+		Long: `Add a static peer by its id. The peer must answer on the mesh now; the
+stack keeps it in its peer_static bucket (it survives restarts) and syncs
+with it at once. Needs the sync right. Remove it with
+go tool nats kv del peer_static <peer>.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			peer := events.PeerID(args[0])
+			if err := peer.Validate(); err != nil {
+				return usageErrorf("%q is not a peer id (see 'factsync peers')", args[0])
+			}
+			c, err := af.open(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			var ps events.PeerStatus
+			if _, err := c.call(cmd.Context(), events.AntiEntropyProto, events.AntiEntropyOpAddPeer, events.AddPeerRequest{Peer: peer}, &ps); err != nil {
+				return err
+			}
+			g.out(cmd.OutOrStdout(), cmd.ErrOrStderr()).result(ps, func(w io.Writer) {
+				fmt.Fprintf(w, "added static peer %s (%s); a sync with it has started\n", ps.Peer, peerState(ps))
+			})
+			return nil
+		},
+	}
+	af.add(add)
+	cmd.AddCommand(add)
 	return cmd
+}
+
+// peerState says whether a peer is heard now.
+func peerState(p events.PeerStatus) string {
+	switch {
+	case p.Present:
+		return "present"
+	case !p.LastSeen.IsZero():
+		return "lost"
+	}
+	return "not heard"
+}
+
+// peerSource says where this stack learned of a peer.
+func peerSource(p events.PeerStatus) string {
+	switch {
+	case p.Added:
+		return "added"
+	case p.Static:
+		return "config"
+	}
+	return "discovered"
 }
 
 func printPeers(w io.Writer, st events.SyncStatus) {
@@ -93,20 +152,16 @@ func printPeers(w io.Writer, st events.SyncStatus) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tPRESENT\tSCORE\tOK\tFAILED\tLATENCY\tRETRY AT")
+	fmt.Fprintln(tw, "PEER\tSOURCE\tSTATE\tLAST SEEN\tSCORE\tOK\tFAILED\tLATENCY\tRETRY AT")
 	for _, p := range st.Peers {
-		present := "no"
-		switch {
-		case p.Present:
-			present = "yes"
-		case p.Static:
-			present = "static"
+		seen, retry := "-", "-"
+		if !p.LastSeen.IsZero() {
+			seen = p.LastSeen.Format(time.TimeOnly)
 		}
-		retry := "-"
 		if !p.RetryAt.IsZero() {
 			retry = p.RetryAt.Format(time.TimeOnly)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%d\t%d\t%.0fms\t%s\n", p.Peer, present, p.Score, p.Successes, p.Failures, p.LatencyMillis, retry)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.2f\t%d\t%d\t%.0fms\t%s\n", p.Peer, peerSource(p), peerState(p), seen, p.Score, p.Successes, p.Failures, p.LatencyMillis, retry)
 	}
 	_ = tw.Flush()
 }

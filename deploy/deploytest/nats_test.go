@@ -204,7 +204,8 @@ func TestNATSPermissions(t *testing.T) {
 		allow []string
 		deny  []string
 	}{
-		{user: "client", allow: []string{ingress, api, peerReq}, deny: []string{journal, token, denied, svc, changes, jsAPI}},
+		{user: "client", allow: []string{ingress, api, peerReq}, deny: []string{journal, token, denied, svc, changes, jsAPI,
+			events.DiscoverySubject(a), "$KV." + events.PresenceBucket + "." + string(a), "$KV." + events.StaticPeerBucket + "." + string(a)}},
 		{user: "guard", allow: []string{journal, token, denied, svc, jsAPI, servicesInbox, peerBInbox}},
 		{user: "services", allow: []string{ingress, peerReq, changes, checkpoint, jsAPI, "$KV.leases.snapshot"},
 			deny: []string{journal, token, denied, purgeJournal, ackIngress}},

@@ -274,3 +274,40 @@ func TestScopedPeerCannotAnnounceAnotherPeer(t *testing.T) {
 		t.Fatalf("a peer may not announce its own presence")
 	}
 }
+
+// Rule: a client follows the peers' discovery state only as the presence
+// bucket's changes republished on fs.discovery.> (scoped or not): it
+// cannot publish there, cannot write the discovery buckets, has no
+// JetStream API on them (a consumer's deliver subject is the creator's
+// choice, unchecked by the server), and no longer reads the raw
+// heartbeats. A remote peer reads none of it.
+func TestClientFollowsDiscoveryButCannotWriteIt(t *testing.T) {
+	owner := stack.NewDevice(t)
+	scoped := natsauth.User{Name: "owner", Password: "o-secret", Role: natsauth.RoleClient, Authorities: []events.AuthorityID{owner.Authority()}, PrivateInbox: true}
+	s := stack.Start(t, guard.Config{}, scoped)
+	services := s.Connect(t, natsauth.RoleServices)
+	for name, c := range map[string]*stack.Conn{"client": s.ConnectWatched(t, natsauth.RoleClient), "scoped client": s.ConnectAs(t, scoped)} {
+		sub, err := c.SubscribeSync(events.DiscoveryPrefix + ".*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if err := services.Publish(events.DiscoverySubject(s.Peer), []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sub.NextMsg(wait); err != nil {
+			t.Fatalf("%s: no discovery change: %v", name, err)
+		}
+		refusedPublish(t, c, events.DiscoverySubject(s.Peer))
+		for _, bucket := range []string{events.PresenceBucket, events.StaticPeerBucket} {
+			refusedPublish(t, c, "$KV."+bucket+"."+string(s.Peer))
+			refusedPublish(t, c, "$JS.API.STREAM.INFO.KV_"+bucket)
+			refusedPublish(t, c, "$JS.API.CONSUMER.CREATE.KV_"+bucket)
+			refusedPublish(t, c, "$JS.API.DIRECT.GET.KV_"+bucket+".$KV."+bucket+"."+string(s.Peer))
+		}
+		refusedSubscribe(t, c, events.PresencePrefix+".>")
+	}
+	refusedSubscribe(t, s.ConnectWatched(t, natsauth.RolePeer), events.DiscoveryPrefix+".>")
+}

@@ -140,7 +140,10 @@ func (d *discovery) Stop() error {
 func (d *discovery) DiscoveredPeers() []sdk.PeerInfo { return d.table.List() }
 
 // AddPeer adds a backend of the same Network by its peer id (the address
-// is the id). The peer must have started its discovery.
+// is the id), as a server adds a static peer: the peer must be reachable
+// now (it has started its discovery, and no Cut separates them), else
+// not_found; a malformed id or the backend's own is malformed. A started
+// SyncEngine reconciles with a peer that connects.
 func (d *discovery) AddPeer(_ context.Context, address string) (sdk.PeerInfo, error) {
 	if !d.b.IsReady() {
 		return sdk.PeerInfo{}, errNotReady
@@ -148,6 +151,9 @@ func (d *discovery) AddPeer(_ context.Context, address string) (sdk.PeerInfo, er
 	id := events.PeerID(address)
 	if err := id.Validate(); err != nil {
 		return sdk.PeerInfo{}, err
+	}
+	if id == d.b.peer {
+		return sdk.PeerInfo{}, events.Errorf(events.ReasonMalformed, "peer %s is this backend itself", id)
 	}
 	p, ok := d.b.opts.Network.reachable(d.b.peer, id)
 	if !ok {

@@ -52,9 +52,10 @@ type Options struct {
 	// default 4.
 	Publishers int
 	// PresenceTimeout is how long a silent peer stays connected (at
-	// least three of the heartbeat intervals it announces); it is lost
-	// after three times as long. Discovery checks every third of it.
-	// Default 15s.
+	// least two of the heartbeat intervals it announces); it is lost
+	// when the server's presence bucket drops it, three of its
+	// intervals after its last heartbeat. Discovery checks every third
+	// of it. Default 10s.
 	PresenceTimeout time.Duration
 	// StatusInterval is how often a started SyncEngine asks the server
 	// whether it still syncs the authority (IsSyncing); default 10s.
@@ -79,7 +80,7 @@ func (o Options) withDefaults() Options {
 		o.Publishers = 4
 	}
 	if o.PresenceTimeout <= 0 {
-		o.PresenceTimeout = 15 * time.Second
+		o.PresenceTimeout = 10 * time.Second
 	}
 	if o.StatusInterval <= 0 {
 		o.StatusInterval = 10 * time.Second

@@ -132,8 +132,11 @@ func TestRequestsWithoutAJournalSayUnavailable(t *testing.T) {
 	if _, err := b.SyncEngine().ForceSync(ctx, events.PeerID(strings.Repeat("a", events.IDLen))); !events.IsReason(err, events.ReasonUnavailable) {
 		t.Fatalf("force sync without anti-entropy: %v, want unavailable", err)
 	}
-	if _, err := b.PeerDiscovery().AddPeer(ctx, "x"); !events.IsReason(err, events.ReasonUnsupported) {
-		t.Fatalf("add peer: %v, want unsupported", err)
+	if _, err := b.PeerDiscovery().AddPeer(ctx, "x"); !events.IsReason(err, events.ReasonMalformed) {
+		t.Fatalf("add peer x: %v, want malformed", err)
+	}
+	if _, err := b.PeerDiscovery().AddPeer(ctx, strings.Repeat("a", events.IDLen)); !events.IsReason(err, events.ReasonUnavailable) {
+		t.Fatalf("add peer without anti-entropy: %v, want unavailable", err)
 	}
 }
 

@@ -2,6 +2,7 @@ package natsbackend
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"sync"
@@ -11,15 +12,20 @@ import (
 	"github.com/factsync/factsync/sdk"
 	"github.com/factsync/factsync/sdk/internal/peers"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
-// discovery follows the presence heartbeats that peers publish across the
-// mesh (events.Presence on fs.presence.<peer>, core NATS: JetStream, and
-// so a KV bucket with a TTL, does not cross the mesh). A peer is
-// discovered (and connected) at its first heartbeat, disconnected after
-// PresenceTimeout of silence (or three of its own heartbeat intervals,
-// if longer) and lost after three times that. The backend's own peer,
-// once known (Info), is not listed.
+// discovery follows the server's discovery state: the anti-entropy
+// service records every peer heartbeat it hears in its presence bucket
+// (events.PresenceBucket) with a TTL of three of the peer's intervals,
+// and the bucket republishes each change on fs.discovery.<peer>, which
+// clients may subscribe to (they have no JetStream API). A peer is
+// discovered (and connected) at the first record, disconnected after
+// PresenceTimeout of silence (or two of its own intervals, if longer),
+// and lost when its key expires from the bucket (the server's marker
+// comes through too). Should that notice be missed (the connection was
+// down), a peer silent for twice its key's TTL is lost all the same. The
+// backend's own peer, once known (Info), is not listed.
 type discovery struct {
 	b     *Backend
 	table peers.Table
@@ -29,11 +35,11 @@ type discovery struct {
 	stop context.CancelFunc
 	done chan struct{}
 
-	// silence is how long each peer may stay silent before it counts as
-	// disconnected. Its own lock: the table calls silenceOf while
-	// locked, and Stop holds mu while it closes the table.
-	silenceMu sync.Mutex
-	silence   map[events.PeerID]time.Duration
+	// intervals holds each peer's heartbeat interval. Its own lock: the
+	// table calls silenceOf while locked, and Stop holds mu while it
+	// closes the table.
+	intervalsMu sync.Mutex
+	intervals   map[events.PeerID]time.Duration
 }
 
 var _ sdk.PeerDiscovery = (*discovery)(nil)
@@ -48,19 +54,19 @@ func (d *discovery) Start(context.Context) error {
 	if d.sub != nil {
 		return nil
 	}
-	sub, err := nc.Subscribe(events.PresencePrefix+".*", d.heard)
+	sub, err := nc.Subscribe(events.DiscoveryPrefix+".*", d.changed)
 	if err != nil {
-		return events.Wrap(events.ReasonUnavailable, err, "subscribe to presence")
+		return events.Wrap(events.ReasonUnavailable, err, "subscribe to the discovery state")
 	}
 	// A refused subscription comes back asynchronously, before the
 	// flush's reply: flush, then look.
 	if err := nc.Flush(); err != nil {
 		_ = sub.Unsubscribe()
-		return events.Wrap(events.ReasonUnavailable, err, "subscribe to presence")
+		return events.Wrap(events.ReasonUnavailable, err, "subscribe to the discovery state")
 	}
-	if err := nc.LastError(); errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), events.PresencePrefix) {
+	if err := nc.LastError(); errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), events.DiscoveryPrefix) {
 		_ = sub.Unsubscribe()
-		return events.Wrap(events.ReasonNoRight, err, "subscribe to presence (this NATS user may not see peer heartbeats)")
+		return events.Wrap(events.ReasonNoRight, err, "subscribe to the discovery state (this NATS user may not see "+events.DiscoveryPrefix+".>)")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d.sub, d.stop, d.done = sub, cancel, make(chan struct{})
@@ -68,36 +74,50 @@ func (d *discovery) Start(context.Context) error {
 	return nil
 }
 
-func (d *discovery) heard(m *nats.Msg) {
-	p, err := events.DecodePresence(m.Data)
-	if err != nil || m.Subject != events.PresenceSubject(p.Peer) || p.Peer == d.b.localPeer() {
+// changed applies one change of the presence bucket: a record is the
+// peer heard; the server's marker of an expired key (Nats-Marker-Reason)
+// or a delete or purge is the peer lost.
+func (d *discovery) changed(m *nats.Msg) {
+	id := events.PeerID(strings.TrimPrefix(m.Subject, events.DiscoveryPrefix+"."))
+	if id.Validate() != nil || id == d.b.localPeer() {
 		return
 	}
-	silence := d.b.opts.PresenceTimeout
-	// A peer that announces itself less often must not flap; an absurd
-	// interval is ignored, as the anti-entropy service does.
-	if every := time.Duration(p.IntervalMillis) * time.Millisecond; every > 0 && every <= time.Hour {
-		silence = max(silence, 3*every)
+	if m.Header.Get(jetstream.MarkerReasonHeader) != "" || m.Header.Get(kvOperationHeader) != "" {
+		d.table.Lost(id)
+		d.intervalsMu.Lock()
+		delete(d.intervals, id)
+		d.intervalsMu.Unlock()
+		return
 	}
-	d.silenceMu.Lock()
-	if d.silence == nil {
-		d.silence = map[events.PeerID]time.Duration{}
+	var rec events.PresenceRecord
+	if json.Unmarshal(m.Data, &rec) != nil || rec.Peer != id {
+		return
 	}
-	d.silence[p.Peer] = silence
-	d.silenceMu.Unlock()
-	d.table.Seen(p.Peer, "", d.b.clock.Now())
+	d.intervalsMu.Lock()
+	if d.intervals == nil {
+		d.intervals = map[events.PeerID]time.Duration{}
+	}
+	d.intervals[id] = time.Duration(rec.IntervalMillis) * time.Millisecond
+	d.intervalsMu.Unlock()
+	d.table.Seen(id, "", d.b.clock.Now())
 }
 
-// silenceOf gives the table a peer's timeouts: disconnected after its
-// silence, lost after three times that.
+// kvOperationHeader marks a key-value delete or purge (the server's own
+// header name; nats.go does not export it).
+const kvOperationHeader = "KV-Operation"
+
+// silenceOf gives the table a peer's timeouts: disconnected after
+// PresenceTimeout or two of its intervals, whichever is longer; lost, if
+// the bucket's notice never came, after twice its key's TTL.
 func (d *discovery) silenceOf(id events.PeerID) (disconnectAfter, loseAfter time.Duration) {
-	d.silenceMu.Lock()
-	defer d.silenceMu.Unlock()
-	s, ok := d.silence[id]
-	if !ok {
-		s = d.b.opts.PresenceTimeout
+	d.intervalsMu.Lock()
+	every, ok := d.intervals[id]
+	d.intervalsMu.Unlock()
+	if !ok || every <= 0 {
+		every = d.b.opts.PresenceTimeout
 	}
-	return s, 3 * s
+	disconnectAfter = max(d.b.opts.PresenceTimeout, 2*every)
+	return disconnectAfter, max(disconnectAfter, 2*events.PresenceTTL(every))
 }
 
 func (d *discovery) expire(ctx context.Context) {
@@ -130,10 +150,22 @@ func (d *discovery) Stop() error {
 
 func (d *discovery) DiscoveredPeers() []sdk.PeerInfo { return d.table.List() }
 
-// AddPeer is refused: static peers are the server's configuration, and
-// the server offers clients no request to change it.
-func (d *discovery) AddPeer(context.Context, string) (sdk.PeerInfo, error) {
-	return sdk.PeerInfo{}, events.Errorf(events.ReasonUnsupported, "adding a peer from a client is not provided by the server; configure static peers on the factsync peer itself")
+// AddPeer asks the server to add a static peer (address is its PeerID):
+// the anti-entropy service keeps it in its static-peer bucket and syncs
+// with it at once and on every interval. The request goes through the
+// guard and needs the `sync` right. A malformed id, or the server's own,
+// is refused malformed; an id no peer answers for on the mesh not_found.
+func (d *discovery) AddPeer(ctx context.Context, address string) (sdk.PeerInfo, error) {
+	id := events.PeerID(address)
+	if err := id.Validate(); err != nil {
+		return sdk.PeerInfo{}, err
+	}
+	var st events.PeerStatus
+	if err := d.b.call(ctx, events.AntiEntropyProto, events.AntiEntropyOpAddPeer, events.AddPeerRequest{Peer: id}, &st); err != nil {
+		return sdk.PeerInfo{}, err
+	}
+	// It answered, or is present: reachable now.
+	return d.table.Seen(id, address, d.b.clock.Now()), nil
 }
 
 func (d *discovery) WaitForPeer(ctx context.Context, peer events.PeerID) (sdk.PeerInfo, error) {

@@ -28,7 +28,7 @@ type Peers struct {
 // with discovered and connected events; ForceSync moves a fact each way
 // and reports what moved, and nothing when nothing differs; a started
 // engine carries a write by itself; a cut peer disconnects and refuses a
-// sync until it heals.
+// sync until it heals; AddPeer adds a reachable peer and refuses bad ids.
 func testPeers(t *testing.T, s Setup) {
 	ctx := ctxFor(t, s)
 	if s.NewPeerClients == nil {
@@ -121,6 +121,26 @@ func testPeers(t *testing.T, s Setup) {
 	}
 	if err := a.SyncEngine().SubscribeCollections(ctx, "bad.name"); !events.IsReason(err, events.ReasonMalformed) {
 		t.Fatalf("subscribing to a bad collection name: %v, want malformed", err)
+	}
+
+	// AddPeer adds a reachable peer by its id and refuses, with a reason,
+	// a malformed id, the client's own peer and an id no peer answers
+	// for. It comes last: on a server it starts a session of its own.
+	for _, c := range []struct {
+		address string
+		want    events.Reason
+	}{
+		{"not-a-peer", events.ReasonMalformed},
+		{string(peerA), events.ReasonMalformed},
+		{strings.Repeat("a", events.IDLen), events.ReasonNotFound},
+	} {
+		if _, err := a.PeerDiscovery().AddPeer(ctx, c.address); !events.IsReason(err, c.want) {
+			t.Fatalf("add peer %q: %v, want %s", c.address, err, c.want)
+		}
+	}
+	added, err := a.PeerDiscovery().AddPeer(ctx, string(peerB))
+	if err != nil || added.ID != peerB || !added.Connected {
+		t.Fatalf("add peer %s: %+v, %v; want it, connected", peerB, added, err)
 	}
 }
 

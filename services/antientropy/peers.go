@@ -10,22 +10,21 @@ import (
 
 	"github.com/factsync/factsync/events"
 	"github.com/factsync/factsync/shared/service"
-	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Presence is the heartbeat a peer publishes on
-// events.PresenceSubject(peer), core NATS across the mesh. A peer not
-// heard for three presence intervals is lost. (A KV bucket with a TTL
-// would need JetStream across the mesh, which the mesh does not carry:
-// only fs.peer.>, fs.presence.> and reply inboxes cross it.)
+// events.PresenceSubject(peer), core NATS across the mesh. Each peer
+// records what it hears in its own events.PresenceBucket, with a TTL of
+// three of the sender's intervals (discovery.go).
 type Presence = events.Presence
 
 // peerState is what this peer knows of another, and its score.
 type peerState struct {
 	PeerStatus
-	consecutive int       // failures in a row, for backoff
-	expires     time.Time // presence expiry
-	busy        bool      // a session with it runs now
+	configured  bool // static by this peer's configuration
+	consecutive int  // failures in a row, for backoff
+	busy        bool // a session with it runs now
 }
 
 // recentSessions is how many session reports status keeps.
@@ -40,6 +39,10 @@ type peerTable struct {
 	peers  map[events.PeerID]*peerState
 	recent []SyncReport
 	limits *limiter // sessions started, per peer and overall
+
+	// The discovery state (discovery.go): who is present, and the
+	// static peers added at run time. Set by open.
+	presence, static jetstream.KeyValue
 
 	slots   chan struct{} // bounds the sessions this peer runs at once
 	trigger chan events.PeerID
@@ -56,18 +59,23 @@ func newPeerTable(s *Service, env *service.Env) *peerTable {
 	}
 	for _, p := range s.cfg.StaticPeers {
 		if p != env.Peer {
-			t.peers[p] = &peerState{PeerStatus: PeerStatus{Peer: p, Static: true, Score: 0.5}}
+			t.peers[p] = &peerState{PeerStatus: PeerStatus{Peer: p, Static: true, Score: 0.5}, configured: true}
 		}
 	}
 	return t
 }
 
-// run announces this peer, listens for others, and syncs on the interval
-// and when a peer connects, until ctx ends.
+// run announces this peer, records the peers it hears, and syncs on the
+// interval and when a peer connects, until ctx ends. open must have
+// succeeded first.
 func (t *peerTable) run(ctx context.Context) error {
 	defer t.wg.Wait()
 	if t.env.Peer != "" {
-		sub, err := t.env.Conn.Subscribe(events.PresencePrefix+".*", t.heard)
+		// One replica of this peer's service records each heartbeat. The
+		// group's name is this peer's own: queue groups span leafnodes,
+		// so a name shared by every peer would hand each heartbeat to a
+		// single peer of the whole mesh.
+		sub, err := t.env.Conn.QueueSubscribe(events.PresencePrefix+".*", Name+"_presence_"+string(t.env.Peer), t.heard(ctx))
 		if err != nil {
 			return err
 		}
@@ -91,7 +99,6 @@ func (t *peerTable) run(ctx context.Context) error {
 			return nil
 		case <-presence.C():
 			t.announce()
-			t.expire()
 		case <-interval:
 			for _, p := range t.eligible() {
 				t.start(ctx, p)
@@ -114,51 +121,11 @@ func (t *peerTable) announce() {
 	_ = t.env.Conn.Publish(events.PresenceSubject(t.env.Peer), b)
 }
 
-// heard records a heartbeat; a peer newly present is synced at once.
-func (t *peerTable) heard(m *nats.Msg) {
-	p, err := events.DecodePresence(m.Data)
-	if err != nil || p.Peer == t.env.Peer ||
-		m.Subject != events.PresenceSubject(p.Peer) {
-		return
-	}
-	every := time.Duration(p.IntervalMillis) * time.Millisecond
-	if every <= 0 || every > time.Hour {
-		every = t.s.cfg.PresenceInterval
-	}
-	now := t.env.Clock.Now()
-	t.mu.Lock()
-	ps := t.peers[p.Peer]
-	if ps == nil {
-		ps = &peerState{PeerStatus: PeerStatus{Peer: p.Peer, Score: 0.5}}
-		t.peers[p.Peer] = ps
-		t.s.log.Info("antientropy: peer discovered", "peer", p.Peer)
-	}
-	connected := !ps.Present
-	ps.Present, ps.LastSeen, ps.expires = true, now, now.Add(3*every)
-	t.mu.Unlock()
-	if connected {
-		t.kick(p.Peer)
-	}
-}
-
 // kick asks for a session with peer soon, without blocking.
 func (t *peerTable) kick(p events.PeerID) {
 	select {
 	case t.trigger <- p:
 	default:
-	}
-}
-
-// expire marks peers not heard for three intervals as lost.
-func (t *peerTable) expire() {
-	now := t.env.Clock.Now()
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for _, ps := range t.peers {
-		if ps.Present && now.After(ps.expires) {
-			ps.Present = false
-			t.s.log.Info("antientropy: peer lost", "peer", ps.Peer)
-		}
 	}
 }
 
@@ -241,11 +208,7 @@ func (t *peerTable) claim(p events.PeerID, force bool) bool {
 	now := t.env.Clock.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	ps := t.peers[p]
-	if ps == nil {
-		ps = &peerState{PeerStatus: PeerStatus{Peer: p, Score: 0.5}}
-		t.peers[p] = ps
-	}
+	ps := t.peer(p)
 	if ps.busy || !force && now.Before(ps.RetryAt) || !t.limits.allow(string(p)) {
 		return false
 	}

@@ -199,6 +199,8 @@ func (s *Service) handle(ctx context.Context, m *nats.Msg) ([]byte, error) {
 		return json.Marshal(SyncReply{Sessions: s.peers.syncNow(ctx, auth, req.Peer)})
 	case OpStatus:
 		return json.Marshal(s.status(auth))
+	case events.AntiEntropyOpAddPeer:
+		return s.peers.addPeer(ctx, device, m.Data)
 	}
 	return nil, events.Errorf(events.ReasonNotFound, "the antientropy service has no operation %q", addr.Op)
 }

@@ -314,6 +314,12 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	}()
 
 	s.peers = newPeerTable(s, env)
+	if err := s.peers.open(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("antientropy: %w", err)
+	}
 	sub, err := env.Conn.QueueSubscribe(events.ServiceSubject(Name, "*", "*"), Name, s.serve(ctx))
 	if err != nil {
 		return fmt.Errorf("antientropy: subscribe: %w", err)

@@ -149,7 +149,8 @@ func TestRequests(t *testing.T) {
 		b, _ := json.Marshal(map[string]string{"device": m.Header.Get(events.HeaderDevice), "subject": m.Subject, "body": string(m.Data)})
 		_ = m.Respond(b)
 	}
-	for _, subj := range []string{events.ServiceSubject(events.JournalProto, events.OpQuery, auth), events.ServiceSubject("antientropy", "fingerprint", auth)} {
+	for _, subj := range []string{events.ServiceSubject(events.JournalProto, events.OpQuery, auth), events.ServiceSubject("antientropy", "fingerprint", auth),
+		events.ServiceSubject(events.AntiEntropyProto, events.AntiEntropyOpAddPeer, auth)} {
 		sub, err := g.h.Conn.QueueSubscribe(subj, "journal", echo)
 		if err != nil {
 			t.Fatal(err)
@@ -191,6 +192,18 @@ func TestRequests(t *testing.T) {
 		map[string]string{events.HeaderAuthority: string(auth)})
 	if err := json.Unmarshal(peerReply.Data, &echoed); err != nil || echoed["subject"] != events.ServiceSubject("antientropy", "fingerprint", auth) {
 		t.Fatalf("peer sync request: %s", peerReply.Data)
+	}
+
+	// Adding a static peer is for this peer's clients (with sync), never
+	// for another peer.
+	addPeer := request(events.APISubject(events.AntiEntropyProto, events.AntiEntropyOpAddPeer, auth), `{}`, d.token, d.authPub, nil)
+	if err := json.Unmarshal(addPeer.Data, &echoed); err != nil || echoed["subject"] != events.ServiceSubject(events.AntiEntropyProto, events.AntiEntropyOpAddPeer, auth) {
+		t.Fatalf("a client's add_peer: %s", addPeer.Data)
+	}
+	addPeer = request(events.PeerSubject(g.peer, events.AntiEntropyProto, events.AntiEntropyOpAddPeer), `{}`, d.token, d.authPub,
+		map[string]string{events.HeaderAuthority: string(auth)})
+	if got := addPeer.Header.Get(events.HeaderReason); got != string(events.ReasonNoRight) {
+		t.Fatalf("a peer's add_peer: %s (reason %q), want no_right", addPeer.Data, got)
 	}
 
 	other := newDevice(t, testNow.Add(time.Hour), "notes:read")

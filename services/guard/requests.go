@@ -190,6 +190,9 @@ func (g *running) forward(ctx context.Context, m *nats.Msg, peer bool) (*nats.Ms
 	if err != nil {
 		return nil, err
 	}
+	if peer && clientOnly(addr) {
+		return nil, events.Errorf(events.ReasonNoRight, "%s %s changes this peer's own configuration; only its clients may ask (%s)", addr.Proto, addr.Op, events.APIPrefix)
+	}
 	if !peer && addr.Proto == events.GuardProto && addr.Op == events.OpRevoke {
 		body, err := g.revoke(ctx, addr.Authority, m.Data)
 		if err != nil {
@@ -237,6 +240,14 @@ func (g *running) forward(ctx context.Context, m *nats.Msg, peer bool) (*nats.Ms
 		return nil, events.Wrap(events.ReasonUnavailable, err, "forward to "+fwd.Subject)
 	}
 	return &nats.Msg{Header: reply.Header, Data: reply.Data}, nil
+}
+
+// clientOnly reports whether a request may come only from this peer's
+// clients, never from another peer: adding a static peer changes whom
+// this peer presents its sync tokens to, which no remote peer should
+// choose.
+func clientOnly(addr events.RequestAddress) bool {
+	return addr.Proto == events.AntiEntropyProto && addr.Op == events.AntiEntropyOpAddPeer
 }
 
 // alternateRight is a second right that also allows a request. Listing

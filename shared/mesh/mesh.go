@@ -53,6 +53,7 @@ var Local = []string{
 	events.ReceiptsPrefix + ".>",
 	events.OTAPrefix + ".>",
 	events.SnapshotPrefix + ".>",
+	events.DiscoveryPrefix + ".>",
 	"$JS.>", "$KV.>", "$O.>", "$SYS.>",
 }
 

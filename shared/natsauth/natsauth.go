@@ -33,9 +33,13 @@ const (
 	// streams, JetStream's API, and INGRESS for facts pulled from peers.
 	RoleServices Role = "services"
 	// RoleClient is an application or SDK: ingress, client requests and
-	// replies, its authorities' changes, and the peers' presence
-	// heartbeats (a peer id and an interval, which the SDK's peer
-	// discovery follows).
+	// replies, its authorities' changes, and the changes of the peer's
+	// presence bucket republished on fs.discovery.> (a peer id, an
+	// interval and when it was heard, which the SDK's peer discovery
+	// follows). It has no JetStream API: watching the bucket itself
+	// would take consumer creation on it, and a consumer's deliver
+	// subject is the creator's choice, which nats-server does not check
+	// against the creator's permissions.
 	RoleClient Role = "client"
 	// RolePeer is a remote peer (a leafnode or a peer's services connecting
 	// in): peer requests, presence and replies only. Bound to its PeerID
@@ -88,7 +92,7 @@ func (u User) Permissions() (*server.Permissions, error) {
 	switch {
 	case u.Role == RoleClient && len(u.Authorities) > 0:
 		pub := []string{events.PeerPrefix + ".>", inbox}
-		sub := []string{inbox, events.PresencePrefix + ".>"}
+		sub := []string{inbox, events.DiscoveryPrefix + ".>"}
 		for _, a := range u.Authorities {
 			if err := a.Validate(); err != nil {
 				return nil, fmt.Errorf("natsauth: user %s: %w", u.Name, err)
@@ -189,7 +193,7 @@ func Permissions(role Role) (*server.Permissions, error) {
 			Publish: &server.SubjectPermission{Allow: []string{
 				events.IngressPrefix + ".>", events.APIPrefix + ".>", events.PeerPrefix + ".>", inbox,
 			}},
-			Subscribe: &server.SubjectPermission{Allow: []string{inbox, events.ChangesPrefix + ".>", events.PresencePrefix + ".>"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{inbox, events.ChangesPrefix + ".>", events.DiscoveryPrefix + ".>"}},
 		}, nil
 	case RolePeer:
 		return &server.Permissions{
