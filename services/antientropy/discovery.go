@@ -129,13 +129,17 @@ func (t *peerTable) heard(ctx context.Context) nats.MsgHandler {
 		if err != nil {
 			return
 		}
-		msg := nats.NewMsg(kvSubject(events.PresenceBucket, string(p.Peer)))
-		msg.Data = rec
-		pctx, cancel := context.WithTimeout(ctx, t.s.cfg.RequestTimeout)
-		defer cancel()
 		// KeyValue.Put takes no TTL; a KV put is a publish to the key's
-		// subject, so publish with one.
-		if _, err := t.env.JS.PublishMsg(pctx, msg, jetstream.WithMsgTTL(events.PresenceTTL(every))); err != nil && ctx.Err() == nil {
+		// subject, so publish with one. Without waiting for the ack: a
+		// handler that waits falls behind on a busy server, heartbeats
+		// queue up, keys expire while their peers still beat, and those
+		// peers flap between lost and present (seen under -race, with
+		// sessions skipped while a peer counts as lost). A record lost
+		// on the way is renewed by the next heartbeat.
+		msg := nats.NewMsg(kvSubject(events.PresenceBucket, string(p.Peer)))
+		msg.Header.Set(jetstream.MsgTTLHeader, events.PresenceTTL(every).String())
+		msg.Data = rec
+		if err := t.env.Conn.PublishMsg(msg); err != nil && ctx.Err() == nil {
 			t.s.log.Warn("antientropy: cannot record a heartbeat", "peer", p.Peer, "err", err)
 		}
 	}
