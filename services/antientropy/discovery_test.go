@@ -24,20 +24,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// status asks the peer's service for its status of auth.
-func (p *meshPeer) status(t *testing.T, auth events.AuthorityID) antientropy.Status {
-	t.Helper()
-	m, err := p.nc.Request(events.ServiceSubject(antientropy.Name, antientropy.OpStatus, auth), nil, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var st antientropy.Status
-	if err := json.Unmarshal(m.Data, &st); err != nil {
-		t.Fatalf("status %s: %v", m.Data, err)
-	}
-	return st
-}
-
 // peerStatus returns what p's status says of other.
 func (p *meshPeer) peerStatus(t *testing.T, auth events.AuthorityID, other events.PeerID) (antientropy.PeerStatus, bool) {
 	t.Helper()
