@@ -105,10 +105,6 @@ func (g *running) prune(ctx context.Context, m *nats.Msg) (events.GuardPruneRepl
 	if err := g.readersPast(ctx, addr.Authority, lastGone); err != nil {
 		return events.GuardPruneReply{}, err
 	}
-	// Before anything goes: a removed fact that arrives again is refused.
-	if err := g.prunedFloors.record(ctx, addr.Authority, req.CutSeconds, req.Snapshot); err != nil {
-		return events.GuardPruneReply{}, err
-	}
 	// Write the kept facts again first: a failure from here on leaves
 	// JOURNAL with more copies, never fewer.
 	if len(plan.republish) > 0 {
@@ -127,6 +123,10 @@ func (g *running) prune(ctx context.Context, m *nats.Msg) (events.GuardPruneRepl
 	journal, err := g.env.JS.Stream(ctx, events.StreamJournal)
 	if err != nil {
 		return events.GuardPruneReply{}, events.Wrap(events.ReasonUnavailable, err, "open JOURNAL")
+	}
+	// Before anything goes: a removed fact that arrives again is refused.
+	if err := g.prunedFloors.record(ctx, addr.Authority, req.CutSeconds, req.Snapshot); err != nil {
+		return events.GuardPruneReply{}, err
 	}
 	for _, coll := range slices.Sorted(maps.Keys(req.Below)) {
 		if err := g.pruneInTime(req); err != nil {
