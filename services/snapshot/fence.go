@@ -89,3 +89,36 @@ func fenceErr(err error, auth events.AuthorityID) error {
 	}
 	return &events.Error{Reason: e.Reason, Detail: "snapshot writer fence of " + string(auth) + ": " + e.Detail, Err: e.Err}
 }
+
+// keepFence renews l every Lease/3 until the returned stop is called, so a
+// writer whose work outlasts the lease (a build or a prune reads the
+// authority's whole JOURNAL) keeps the fence while it works and is not
+// taken over by a timed trigger or another peer midway. A process that
+// stops (or is paused) stops renewing, so the fence still passes on
+// after the lease. stop returns the error that lost the fence, if any;
+// l is not to be read until stop has returned.
+func (s *Service) keepFence(ctx context.Context, l *Lease) (stop func() error) {
+	quit, done := make(chan struct{}), make(chan error, 1)
+	ticker := s.env.Clock.NewTicker(s.cfg.Lease / 3)
+	go func() {
+		defer ticker.Stop()
+		for {
+			select {
+			case <-quit:
+				done <- nil
+				return
+			case <-ticker.C():
+				// Not cut short by quit: a renewal the server applied must
+				// also move l's token, or the writer's next renewal fails.
+				if err := s.fence.Renew(context.WithoutCancel(ctx), l); err != nil {
+					done <- err
+					return
+				}
+			}
+		}
+	}()
+	return func() error {
+		close(quit)
+		return <-done
+	}
+}

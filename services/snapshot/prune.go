@@ -215,8 +215,16 @@ func (s *Service) Prune(ctx context.Context, auth events.AuthorityID, creds Cred
 	if err != nil {
 		return events.SnapshotPruned{}, err
 	}
-	defer s.fence.Release(context.WithoutCancel(ctx), l)
-	return s.pruneFenced(ctx, auth, creds)
+	// Released with the token as last renewed: a stale one frees nothing.
+	defer func() { s.fence.Release(context.WithoutCancel(ctx), l) }()
+	stop := s.keepFence(ctx, &l)
+	out, err := s.pruneFenced(ctx, auth, creds)
+	if lost := stop(); lost != nil {
+		// The pending record, not the fence, keeps others from counting a
+		// prune under way; say it, for whoever wonders why the fence moved.
+		s.env.Log.Warn("snapshot: lost the writer fence during a prune", "authority", auth, "err", lost)
+	}
+	return out, err
 }
 
 // pruneFenced is Prune with the fence held.

@@ -79,6 +79,9 @@ type Config struct {
 	// afterBuild is a test hook between building a snapshot and writing
 	// it; the fence test pauses a writer there.
 	afterBuild func(events.AuthorityID)
+	// whileBuilding is a test hook in Create, while the fence is kept
+	// for the build.
+	whileBuilding func(events.AuthorityID)
 	// beforePruneAsk is a test hook between recording a prune as pending
 	// and asking the guard to carry it out.
 	beforePruneAsk func(events.AuthorityID)
@@ -302,6 +305,24 @@ func (s *Service) trigger(ctx context.Context) {
 	}
 }
 
+// buildFenced builds the snapshot of auth at cut while keeping the fence
+// l, however long the build takes.
+func (s *Service) buildFenced(ctx context.Context, auth events.AuthorityID, cut uint32, l *Lease) (*Built, error) {
+	stop := s.keepFence(ctx, l)
+	if s.cfg.whileBuilding != nil {
+		s.cfg.whileBuilding(auth)
+	}
+	b, _, _, err := s.build(ctx, auth, cut, nil)
+	var built *Built
+	if err == nil {
+		built, err = b.Build()
+	}
+	if lost := stop(); err == nil && lost != nil {
+		err = lost
+	}
+	return built, err
+}
+
 // Create makes a snapshot of auth at cut (0: the clock less Settle) under
 // the writer fence, proposes it, asks the approvers, and commits it once
 // the threshold signed. It returns the snapshot as recorded.
@@ -319,7 +340,8 @@ func (s *Service) Create(ctx context.Context, auth events.AuthorityID, cut uint3
 	if err != nil {
 		return events.SnapshotInfo{}, err
 	}
-	defer s.fence.Release(context.WithoutCancel(ctx), lease)
+	// Released with the token as last renewed: a stale one frees nothing.
+	defer func() { s.fence.Release(context.WithoutCancel(ctx), lease) }()
 	s.mu.Lock()
 	pendingAtStart := 0
 	if st := s.auths[auth]; st != nil {
@@ -327,11 +349,7 @@ func (s *Service) Create(ctx context.Context, auth events.AuthorityID, cut uint3
 	}
 	s.mu.Unlock()
 
-	b, _, _, err := s.build(ctx, auth, cut, nil)
-	if err != nil {
-		return events.SnapshotInfo{}, err
-	}
-	built, err := b.Build()
+	built, err := s.buildFenced(ctx, auth, cut, &lease)
 	if err != nil {
 		return events.SnapshotInfo{}, err
 	}
