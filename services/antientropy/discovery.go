@@ -36,16 +36,18 @@ const presenceMarkerTTL = time.Minute
 // maxAddedPeers bounds the static peers added at run time.
 const maxAddedPeers = 256
 
-// PresenceBucketConfig is the presence bucket: in memory (it is rebuilt
-// within one heartbeat interval after a restart), one value per key,
+// PresenceBucketConfig is the presence bucket: one value per key,
 // per-key TTLs, and every change republished to fs.discovery.<peer> for
-// clients, which have no JetStream API.
+// clients, which have no JetStream API. On file, though its content is
+// soft: a server restarted under running services (an external NATS)
+// would lose a bucket in memory, and the services' heartbeats and
+// watches with it, until they restart too.
 func PresenceBucketConfig() jetstream.KeyValueConfig {
 	return jetstream.KeyValueConfig{
 		Bucket:         events.PresenceBucket,
 		Description:    "peers this peer hears on the mesh; a key expires three heartbeat intervals after the peer's last",
 		History:        1,
-		Storage:        jetstream.MemoryStorage,
+		Storage:        jetstream.FileStorage,
 		LimitMarkerTTL: presenceMarkerTTL,
 		RePublish: &jetstream.RePublish{
 			Source:      kvSubject(events.PresenceBucket, "*"),
