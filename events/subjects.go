@@ -43,6 +43,24 @@ const (
 	SnapshotPrefix  = "fs.snapshot"
 )
 
+// InboxRoot starts every subject factsync answers a request on: nats.go's
+// default inboxes (_INBOX.<id>) and the per-user prefixes of
+// shared/natsauth (_INBOX_<user>.<id>).
+const InboxRoot = "_INBOX"
+
+// CheckReplySubject refuses a reply subject that is not an inbox. A
+// service that answers on whatever subject a request names would publish
+// with its own permissions where the requester may not: the guard, the
+// only writer of JOURNAL, would append its reply to a journal whose
+// subject a client put in the reply field.
+func CheckReplySubject(subject string) error {
+	rest, ok := strings.CutPrefix(subject, InboxRoot)
+	if !ok || (!strings.HasPrefix(rest, ".") && !strings.HasPrefix(rest, "_")) || strings.ContainsAny(subject, "*> \t\r\n") {
+		return Errorf(ReasonMalformed, "reply subject %.64q is not an inbox (%s.<id> or %s_<user>.<id>): replies go only to inboxes", subject, InboxRoot, InboxRoot)
+	}
+	return nil
+}
+
 // MaxNameLen bounds collection names and document ids, which travel as
 // subject tokens.
 const MaxNameLen = 128

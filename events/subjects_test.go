@@ -96,3 +96,30 @@ func FuzzParseSubjects(f *testing.F) {
 		}
 	})
 }
+
+func TestOnlyInboxesAreReplySubjects(t *testing.T) {
+	for subject, want := range map[string]bool{
+		"_INBOX.abc123":                      true,
+		"_INBOX.abc.1":                       true,
+		"_INBOX_peer-2.abc":                  true,
+		"_INBOX_services.x":                  true,
+		"fs.journal.a.notes":                 false,
+		"fs.changes.a.notes.n1":              false,
+		"_INBOXES.x":                         false,
+		"_INBOX":                             false,
+		"_INBOX.>":                           false,
+		"_INBOX.*.x":                         false,
+		"_INBOX.a b":                         false,
+		"x._INBOX.a":                         false,
+		"":                                   false,
+		"_INBOX.a\nPUB fs.journal.a.notes 0": false,
+	} {
+		err := events.CheckReplySubject(subject)
+		if (err == nil) != want {
+			t.Errorf("CheckReplySubject(%q) = %v, want accepted %v", subject, err, want)
+		}
+		if err != nil && events.ReasonOf(err) != events.ReasonMalformed {
+			t.Errorf("CheckReplySubject(%q): reason %s, want malformed", subject, events.ReasonOf(err))
+		}
+	}
+}

@@ -79,6 +79,15 @@ func (g *running) serveRequests(ctx context.Context) ([]*nats.Subscription, erro
 	handle := func(peer bool) nats.MsgHandler {
 		pool := make(chan struct{}, maxConcurrentRequests)
 		return func(m *nats.Msg) {
+			if m.Reply != "" {
+				if err := events.CheckReplySubject(m.Reply); err != nil {
+					// Not answered, not even with the reason: an answer
+					// is exactly the publish the requester is after.
+					g.log.Warn("dropped a request whose reply subject is not an inbox", "subject", m.Subject, "err", err)
+					g.metrics.record(context.Background(), "request", 0, []events.Reason{events.ReasonOf(err)}, 0)
+					return
+				}
+			}
 			if !g.startRequest() {
 				g.reply(m, nil, events.Errorf(events.ReasonUnavailable, "the guard is shutting down"))
 				return

@@ -668,6 +668,11 @@ func (s *Service) handle(ctx context.Context, m *nats.Msg) (any, error) {
 		if err := req.From.Validate(); err != nil {
 			return nil, err
 		}
+		if req.ProgressInbox != "" {
+			if err := events.CheckReplySubject(req.ProgressInbox); err != nil {
+				return nil, err
+			}
+		}
 		creds, err := callerCredentials(m.Header, auth)
 		if err != nil {
 			return nil, err
