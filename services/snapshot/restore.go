@@ -456,7 +456,9 @@ func (r *Restorer) settle(ctx context.Context, auth events.AuthorityID, v *Verif
 	}
 	// The server keeps an ordered consumer for minutes after its reader
 	// stops; this one is done with when the restore settles.
-	defer func() { _ = r.JS.DeleteConsumer(context.WithoutCancel(ctx), events.StreamJournal, cons.CachedInfo().Name) }()
+	defer func() {
+		_ = r.JS.DeleteConsumer(context.WithoutCancel(ctx), events.StreamJournal, cons.CachedInfo().Name)
+	}()
 	it, err := cons.Messages()
 	if err != nil {
 		return events.Wrap(events.ReasonUnavailable, err, "watch JOURNAL")
