@@ -195,6 +195,13 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		{snapshotPeer, &res.SnapshotSeconds, &res.SnapshotCPUSeconds, &res.SnapshotIngress, info.Facts + uint64(res.AfterCutFacts)},
 		{replayPeer, &res.ReplaySeconds, &res.ReplayCPUSeconds, &res.ReplayIngress, historyFacts},
 	} {
+		// Work the peers already running still owe (their JOURNAL readers
+		// behind the last load or restore) would count towards this span.
+		// The new peer starts after: it syncs as soon as it is up.
+		if err := m.quiesce(ctx); err != nil {
+			return res, err
+		}
+		runtime.GC()
 		p, err := m.start(ctx, run.peer, w, true, func(p *peer) error {
 			if run.peer != snapshotPeer {
 				return nil
@@ -204,12 +211,6 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		if err != nil {
 			return res, err
 		}
-		// Work the peers already running still owe (their JOURNAL readers
-		// behind the last load or restore) would count towards this span.
-		if err := m.quiesce(ctx); err != nil {
-			return res, err
-		}
-		runtime.GC()
 		stopProfile, err := startProfile(cfg.ProfileDir, p.name)
 		if err != nil {
 			return res, err
