@@ -309,7 +309,7 @@ func (l *Log) AppendThrough(leaves []Leaf, position uint64) (int, error) {
 		if position == l.Position() {
 			return 0, nil
 		}
-		l.publish(size, root, position, nil)
+		l.extend(size, root, position, nil)
 		return 0, nil
 	}
 
@@ -335,13 +335,13 @@ func (l *Log) AppendThrough(leaves []Leaf, position uint64) (int, error) {
 	if _, err := l.hashes.WriteAt(encodeHashes(pending), tlog.StoredHashCount(size)*tlog.HashSize); err != nil {
 		return 0, fmt.Errorf("receipts: write hashes: %w", err)
 	}
-	l.publish(newSize, root, position, fresh)
+	l.extend(newSize, root, position, fresh)
 	return len(fresh), nil
 }
 
-// publish makes the tree of newSize leaves, which adds fresh to the ones
+// extend makes the tree of newSize leaves, which adds fresh to the ones
 // before, the log's tree. Its leaves and hashes are written.
-func (l *Log) publish(newSize int64, root tlog.Hash, position uint64, fresh []Leaf) {
+func (l *Log) extend(newSize int64, root tlog.Hash, position uint64, fresh []Leaf) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for i, leaf := range fresh {
