@@ -17,12 +17,17 @@ func init() {
 		if err != nil {
 			return nil, err
 		}
-		return receipts.New(receipts.Config{Lease: ttl}), nil
+		wait, err := envLease("FACTSYNC_RECEIPTS_CHECKPOINT_WAIT")
+		if err != nil {
+			return nil, err
+		}
+		return receipts.New(receipts.Config{Lease: ttl, CheckpointWait: wait}), nil
 	})
 }
 
-// envLease reads a lease duration from the environment variable name; 0
-// (the service's default) when it is unset.
+// envLease reads a duration (a lease, or the receipts' checkpoint wait)
+// from the environment variable name; 0 (the service's default) when it
+// is unset.
 func envLease(name string) (time.Duration, error) {
 	v := os.Getenv(name)
 	if v == "" {
