@@ -253,45 +253,24 @@ func (r *run) follow(ctx context.Context, journal jetstream.Stream) error {
 	if err != nil {
 		return fmt.Errorf("receipts: consume JOURNAL: %w", err)
 	}
-	// Buffered, so that while one batch is appended the next gathers here
-	// and TakeReady finds it: over an unbuffered channel it would find one
-	// message at most, and a backlog would be appended a fact at a time.
-	msgs := make(chan jetstream.Msg, r.cfg.BatchSize)
-	go func() {
-		defer close(msgs)
-		for {
-			m, err := iter.Next()
-			if err != nil {
-				return
-			}
-			select {
-			case msgs <- m:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	defer func() {
-		iter.Stop()
-		for range msgs { // unblock the reader
-		}
-	}()
+	msgs := bus.Deliver(iter, r.cfg.BatchSize)
+	defer msgs.Stop()
 	batch := make([]jetstream.Msg, 0, r.cfg.BatchSize)
 	for {
 		batch = batch[:0]
 		select {
 		case <-ctx.Done():
 			return nil
-		case m, ok := <-msgs:
+		case m, ok := <-msgs.C:
 			if !ok {
 				if ctx.Err() != nil {
 					return nil
 				}
-				return errors.New("receipts: the JOURNAL consumer stopped delivering")
+				return fmt.Errorf("receipts: the JOURNAL consumer stopped delivering: %w", msgs.Err())
 			}
 			batch = append(batch, m)
 		}
-		batch = bus.TakeReady(batch, msgs, cap(batch))
+		batch = bus.TakeReady(batch, msgs.C, cap(batch))
 		if err := r.appendBatch(ctx, batch); err != nil {
 			return err
 		}
