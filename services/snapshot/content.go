@@ -177,7 +177,7 @@ func (b *Builder) summaryBefore() SetSummary {
 	})
 	sum.AddSum(&b.pruned.Sum)
 	count += b.pruned.Count
-	return SetSummary{Fingerprint: sum.Fingerprint(count), Count: count}
+	return summaryOfSum(sum, count)
 }
 
 // Stamp fills in who made the snapshot, when and under which fence, and

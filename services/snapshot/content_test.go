@@ -106,7 +106,7 @@ func TestForgedManifestIsRefused(t *testing.T) {
 
 	// A manifest changed after signing: every signature fails.
 	forged := *m
-	forged.Summary.Count++
+	forged.Summary = summaryOfSum(m.Summary.Sum, m.Summary.Count+1)
 	fb := forged.Marshal()
 	if _, err := Verify(auth, fb, b.sigs, b.content, Policy{}); !events.IsReason(err, events.ReasonBelowThreshold) {
 		t.Fatalf("forged manifest with the old signatures: got %v", err)

@@ -28,10 +28,19 @@ func BeforeCut(f *events.Fact, cut uint32) bool { return f.HLC.Seconds() < cut }
 // range anti-entropy reconciles after restoring a snapshot at cut.
 func AfterCut(cut uint32) negentropy.Item { return negentropy.Item{Timestamp: uint64(cut)} }
 
-// SetSummary is the negentropy fingerprint and size of a fact set.
+// SetSummary is the negentropy fingerprint and size of a fact set, and
+// the id sum the fingerprint hashes. The sum is what lets a peer that
+// holds only part of the set (restored from a snapshot, or pruned) count
+// the rest back in at a later cut: sums add, fingerprints do not.
 type SetSummary struct {
 	Fingerprint [negentropy.FingerprintSize]byte
 	Count       uint64
+	Sum         negentropy.Accumulator
+}
+
+// summaryOfSum is the summary of a set of count ids whose sum is sum.
+func summaryOfSum(sum negentropy.Accumulator, count uint64) SetSummary {
+	return SetSummary{Fingerprint: sum.Fingerprint(count), Count: count, Sum: sum}
 }
 
 // Hex is the fingerprint in hex.
@@ -51,8 +60,7 @@ func SummaryAfter(s negentropy.Storage, cut uint32) SetSummary {
 }
 
 func summaryOf(s negentropy.Storage, from, to int) SetSummary {
-	sum := s.Sum(from, to)
-	return SetSummary{Fingerprint: sum.Fingerprint(uint64(to - from)), Count: uint64(to - from)}
+	return summaryOfSum(s.Sum(from, to), uint64(to-from))
 }
 
 // IndexSummary runs SummaryBefore (after=false) or SummaryAfter on an

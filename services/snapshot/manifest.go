@@ -18,8 +18,9 @@ import (
 type Manifest struct {
 	AuthorityKey ed25519.PublicKey
 	Cut          uint32
-	// Summary is the fingerprint and count of every fact before the cut,
-	// whether or not the snapshot holds it.
+	// Summary is the fingerprint, count and id sum of every fact before
+	// the cut, whether or not the snapshot holds it. The sum is what a
+	// restored peer counts back in for the facts the snapshot left out.
 	Summary SetSummary
 	// Facts and Documents count what the content holds.
 	Facts     uint64
@@ -34,10 +35,13 @@ type Manifest struct {
 	Fence uint64
 }
 
-const manifestMagic = "fssnapm1"
+// manifestMagic names the encoding. Version 2 added the id sum; version 1
+// manifests are refused, since a peer restored from one could never again
+// compute a fingerprint before a later cut.
+const manifestMagic = "fssnapm2"
 
 // manifestSize is the length of every manifest encoding.
-const manifestSize = len(manifestMagic) + ed25519.PublicKeySize + 4 + negentropy.FingerprintSize + 8 + 8 + 8 + 32 + 32 + 8 + ed25519.PublicKeySize + 8 + 8
+const manifestSize = len(manifestMagic) + ed25519.PublicKeySize + 4 + negentropy.FingerprintSize + 8 + negentropy.IDSize + 8 + 8 + 32 + 32 + 8 + ed25519.PublicKeySize + 8 + 8
 
 // Authority is the manifest's authority.
 func (m *Manifest) Authority() events.AuthorityID { return events.AuthorityIDOf(m.AuthorityKey) }
@@ -54,6 +58,9 @@ func (m *Manifest) Marshal() []byte {
 	b = binary.BigEndian.AppendUint32(b, m.Cut)
 	b = append(b, m.Summary.Fingerprint[:]...)
 	b = binary.BigEndian.AppendUint64(b, m.Summary.Count)
+	for _, w := range m.Summary.Sum {
+		b = binary.LittleEndian.AppendUint64(b, w) // as the fingerprint hashes it
+	}
 	b = binary.BigEndian.AppendUint64(b, m.Facts)
 	b = binary.BigEndian.AppendUint64(b, m.Documents)
 	b = append(b, m.StateDigest[:]...)
@@ -75,7 +82,14 @@ func DecodeManifest(b []byte) (*Manifest, error) {
 	u64 := func() uint64 { return binary.BigEndian.Uint64(next(8)) }
 	m := &Manifest{AuthorityKey: ed25519.PublicKey(next(ed25519.PublicKeySize)), Cut: binary.BigEndian.Uint32(next(4))}
 	copy(m.Summary.Fingerprint[:], next(negentropy.FingerprintSize))
-	m.Summary.Count, m.Facts, m.Documents = u64(), u64(), u64()
+	m.Summary.Count = u64()
+	for i := range m.Summary.Sum {
+		m.Summary.Sum[i] = binary.LittleEndian.Uint64(next(8))
+	}
+	if m.Summary.Sum.Fingerprint(m.Summary.Count) != m.Summary.Fingerprint {
+		return nil, events.Errorf(events.ReasonMalformed, "snapshot manifest's fingerprint is not that of its id sum and count")
+	}
+	m.Facts, m.Documents = u64(), u64()
 	copy(m.StateDigest[:], next(32))
 	copy(m.ContentHash[:], next(32))
 	m.ContentSize = u64()

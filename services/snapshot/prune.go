@@ -165,6 +165,59 @@ func (s *Service) readPruned(ctx context.Context, auth events.AuthorityID, guard
 	}
 }
 
+// recordRestore counts what a restore left out back into this peer's
+// fingerprints: the facts before the snapshot's cut that JOURNAL does not
+// hold, since a snapshot keeps only those its documents need. They are
+// recorded as removed, the way a prune records what it removes, so that a
+// snapshot at a later cut counts every fact before it and this peer can
+// approve it. Their id sum is the manifest's less that of the facts
+// JOURNAL holds before the cut (the snapshot's, and any this peer had).
+func (s *Service) recordRestore(ctx context.Context, auth events.AuthorityID, v *Verified) error {
+	cut, total := v.Manifest.Cut, v.Manifest.Summary
+	held := map[events.FactID]bool{}
+	var heldSum negentropy.Accumulator
+	if _, err := ScanJournal(ctx, s.env.JS, auth, func(f *events.Fact, _ uint64) error {
+		if BeforeCut(f, cut) && !held[f.ID] {
+			held[f.ID] = true
+			heldSum.Add(&f.ID)
+		}
+		return nil
+	}, func([]byte) {}); err != nil {
+		return err
+	}
+	if uint64(len(held)) > total.Count {
+		return events.Errorf(events.ReasonConflict, "JOURNAL holds %d facts of %s before cut %d, more than the %d the snapshot counts: this peer has facts its creator did not",
+			len(held), auth, cut, total.Count)
+	}
+	removed := prunedSet{Sum: total.Sum, Count: total.Count - uint64(len(held))}
+	removed.Sum.SubSum(&heldSum)
+	for {
+		rec, rev, err := s.readPruned(ctx, auth, false)
+		if err != nil {
+			return err
+		}
+		if rec.Pending != nil {
+			return events.Errorf(events.ReasonUnavailable, "a prune of %s is under way; the restore completes once it ends", auth)
+		}
+		if rec.CutSeconds >= cut {
+			return nil // recorded by a restore that was cut short, or pruned past it since
+		}
+		rec.Snapshot, rec.CutSeconds, rec.Removed = v.ID, cut, removed
+		b, _ := json.Marshal(rec)
+		if rev == 0 {
+			_, err = s.pruned.Create(ctx, string(auth), b)
+		} else {
+			_, err = s.pruned.Update(ctx, string(auth), b, rev)
+		}
+		if err == nil {
+			return nil
+		}
+		if !isKVConflict(err) {
+			return events.Wrap(events.ReasonUnavailable, err, "record what the restore left out")
+		}
+	}
+}
+
 // journalBelowGone reports whether JOURNAL holds no message on subject
 // below seq.
 func (s *Service) journalBelowGone(ctx context.Context, subject string, seq uint64) (bool, error) {

@@ -165,6 +165,10 @@ type Restorer struct {
 	// remembers them, so the guard that loads the facts does not verify
 	// each signature a second time.
 	CheckSignatures func(context.Context, events.AuthorityID, []*events.Fact) error
+	// Loaded, when set, runs once JOURNAL holds every fact of the
+	// snapshot, before the restore is marked complete, so a restore cut
+	// short before it ran runs it again when it resumes.
+	Loaded func(context.Context, events.AuthorityID, *Verified) error
 	// SettleTimeout bounds the wait for the guard to accept every loaded
 	// fact; default 2 minutes.
 	SettleTimeout time.Duration
@@ -294,6 +298,11 @@ func (r *Restorer) Restore(ctx context.Context, src Source, auth events.Authorit
 	}
 	if err := r.settle(ctx, auth, v, func(done int64) { report(events.SnapshotPhaseSettling, done, total) }); err != nil {
 		return nil, err
+	}
+	if r.Loaded != nil {
+		if err := r.Loaded(ctx, auth, v); err != nil {
+			return nil, err
+		}
 	}
 	marker.State = events.SnapshotPhaseComplete
 	if err := r.mark(ctx, auth, &marker); err != nil {

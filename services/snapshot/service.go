@@ -213,7 +213,7 @@ func (s *Service) Run(ctx context.Context, env *service.Env) error {
 	s.mu.Lock()
 	s.env, s.log, s.objects, s.pruned = env, evlog, objects[0], kvs[3]
 	s.fence = NewFence(kvs[0], env.Clock, s.cfg.Lease, env.Peer)
-	s.restore = &Restorer{JS: env.JS, Markers: kvs[1], Clock: env.Clock, Policy: s.Policy, Settled: s.settledCut, CheckSignatures: s.guardVerify, SettleTimeout: s.cfg.SettleTimeout}
+	s.restore = &Restorer{JS: env.JS, Markers: kvs[1], Clock: env.Clock, Policy: s.Policy, Settled: s.settledCut, Loaded: s.recordRestore, CheckSignatures: s.guardVerify, SettleTimeout: s.cfg.SettleTimeout}
 	s.mu.Unlock()
 
 	journal, err := env.JS.CreateOrUpdateConsumer(ctx, events.StreamJournal, jetstream.ConsumerConfig{

@@ -154,6 +154,24 @@ func TestNewPeerBootstrapsFromSnapshotToTheStateOfFullHistory(t *testing.T) {
 		t.Fatalf("bootstrapped peer holds %d facts, full history %d; the snapshot should hold fewer", boot.index.Len(), full.index.Len())
 	}
 	t.Logf("full history %d facts, bootstrapped %d (snapshot %d + %d after the cut)", full.index.Len(), boot.index.Len(), len(v.Content.Facts), len(late))
+
+	// And D counts the facts its snapshot left out at any later cut, so it
+	// can approve the next snapshot like a peer with full history.
+	var next uint32
+	for _, f := range full.facts {
+		next = max(next, f.HLC.Seconds()+1)
+	}
+	own, _, _, err := d.snap.build(ctx, auth, next, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _, _, err := cl.a.snap.build(ctx, auth, next, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := own.summaryBefore(), ref.summaryBefore(); got != want {
+		t.Fatalf("summary before the later cut %d: bootstrapped %s/%d, full history %s/%d", next, got.Hex(), got.Count, want.Hex(), want.Count)
+	}
 }
 
 // tamperingSource serves a peer's snapshots with one change.
@@ -215,10 +233,15 @@ func TestTamperedSnapshotIsRefusedWithReason(t *testing.T) {
 		}}, events.ReasonTampered},
 		{"forged manifest", tamperingSource{Source: honest, list: func(list []events.SnapshotInfo) {
 			m, _ := DecodeManifest(list[0].Manifest)
-			m.Summary.Count += 1000
+			m.Summary = summaryOfSum(m.Summary.Sum, m.Summary.Count+1000)
 			list[0].Manifest = m.Marshal()
 			list[0].Signatures = []events.SnapshotSignature{Sign(d.key, list[0].Manifest), list[0].Signatures[1]}
 		}}, events.ReasonBelowThreshold},
+		{"manifest whose fingerprint is not its id sum's", tamperingSource{Source: honest, list: func(list []events.SnapshotInfo) {
+			m, _ := DecodeManifest(list[0].Manifest)
+			m.Summary.Sum[0]++
+			list[0].Manifest = m.Marshal()
+		}}, events.ReasonMalformed},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
