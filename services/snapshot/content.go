@@ -65,7 +65,7 @@ type Builder struct {
 	tokens  map[string][]byte
 	// pruned is what this peer's prunes removed from JOURNAL before the
 	// cut: the fingerprint before the cut counts it back in (prune.go).
-	pruned *prunedSet
+	pruned *idSum
 }
 
 type docKey struct{ coll, id string }

@@ -49,18 +49,19 @@ func PrunedBucket() jetstream.KeyValueConfig {
 	}
 }
 
-// prunedSet is the negentropy id sum and count of facts removed.
-type prunedSet struct {
+// idSum is the negentropy id sum and count of a set of facts: those a
+// prune removed, or a restore left out, or JOURNAL holds before a cut.
+type idSum struct {
 	Sum   negentropy.Accumulator `json:"sum"`
 	Count uint64                 `json:"count"`
 }
 
-// prunedRecord is what prunes removed from this peer's JOURNAL of one
-// authority.
+// prunedRecord is what this peer's JOURNAL of one authority lacks before
+// a cut: the facts its prunes removed and those a restore left out.
 type prunedRecord struct {
-	Snapshot   string    `json:"snapshot,omitempty"`
-	CutSeconds uint32    `json:"cut_seconds,omitempty"`
-	Removed    prunedSet `json:"removed"`
+	Snapshot   string `json:"snapshot,omitempty"`
+	CutSeconds uint32 `json:"cut_seconds,omitempty"`
+	Removed    idSum  `json:"removed"`
 	// Pending is a prune sent to the guard and not yet known to have
 	// happened. Once the guard can no longer act on it (it answered, or
 	// the plan's deadline passed), each collection's part is counted in
@@ -96,8 +97,8 @@ func (p *pendingPrune) over(now time.Time) bool {
 // pendingCollection is one collection's part of a pending prune: its
 // messages below Below go, and with them the facts Removed sums.
 type pendingCollection struct {
-	Below   uint64    `json:"below"`
-	Removed prunedSet `json:"removed"`
+	Below   uint64 `json:"below"`
+	Removed idSum  `json:"removed"`
 }
 
 // settledCut is the cut below which this peer may no longer hold every
@@ -111,7 +112,7 @@ func (r prunedRecord) settledCut() uint32 {
 
 // base is what the fingerprints before a cut at or after CutSeconds add
 // back; nil when nothing was removed.
-func (r prunedRecord) base() *prunedSet {
+func (r prunedRecord) base() *idSum {
 	if r.Removed.Count == 0 {
 		return nil
 	}
@@ -170,27 +171,17 @@ func (s *Service) readPruned(ctx context.Context, auth events.AuthorityID, guard
 // hold, since a snapshot keeps only those its documents need. They are
 // recorded as removed, the way a prune records what it removes, so that a
 // snapshot at a later cut counts every fact before it and this peer can
-// approve it. Their id sum is the manifest's less that of the facts
-// JOURNAL holds before the cut (the snapshot's, and any this peer had).
-func (s *Service) recordRestore(ctx context.Context, auth events.AuthorityID, v *Verified) error {
+// approve it. Their id sum is the manifest's less held, the sum of the
+// facts JOURNAL holds before the cut (the snapshot's, and any this peer
+// had).
+func (s *Service) recordRestore(ctx context.Context, auth events.AuthorityID, v *Verified, held idSum) error {
 	cut, total := v.Manifest.Cut, v.Manifest.Summary
-	held := map[events.FactID]bool{}
-	var heldSum negentropy.Accumulator
-	if _, err := ScanJournal(ctx, s.env.JS, auth, func(f *events.Fact, _ uint64) error {
-		if BeforeCut(f, cut) && !held[f.ID] {
-			held[f.ID] = true
-			heldSum.Add(&f.ID)
-		}
-		return nil
-	}, func([]byte) {}); err != nil {
-		return err
-	}
-	if uint64(len(held)) > total.Count {
+	if held.Count > total.Count {
 		return events.Errorf(events.ReasonConflict, "JOURNAL holds %d facts of %s before cut %d, more than the %d the snapshot counts: this peer has facts its creator did not",
-			len(held), auth, cut, total.Count)
+			held.Count, auth, cut, total.Count)
 	}
-	removed := prunedSet{Sum: total.Sum, Count: total.Count - uint64(len(held))}
-	removed.Sum.SubSum(&heldSum)
+	removed := idSum{Sum: total.Sum, Count: total.Count - held.Count}
+	removed.Sum.SubSum(&held.Sum)
 	for {
 		rec, rev, err := s.readPruned(ctx, auth, false)
 		if err != nil {

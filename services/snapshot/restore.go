@@ -167,8 +167,9 @@ type Restorer struct {
 	CheckSignatures func(context.Context, events.AuthorityID, []*events.Fact) error
 	// Loaded, when set, runs once JOURNAL holds every fact of the
 	// snapshot, before the restore is marked complete, so a restore cut
-	// short before it ran runs it again when it resumes.
-	Loaded func(context.Context, events.AuthorityID, *Verified) error
+	// short before it ran runs it again when it resumes. held is the id
+	// sum and count of the facts JOURNAL holds before the cut.
+	Loaded func(ctx context.Context, auth events.AuthorityID, v *Verified, held idSum) error
 	// SettleTimeout bounds the wait for the guard to accept every loaded
 	// fact; default 2 minutes.
 	SettleTimeout time.Duration
@@ -296,11 +297,12 @@ func (r *Restorer) Restore(ctx context.Context, src Source, auth events.Authorit
 			return nil, err
 		}
 	}
-	if err := r.settle(ctx, auth, v, func(done int64) { report(events.SnapshotPhaseSettling, done, total) }); err != nil {
+	held, err := r.settle(ctx, auth, v, func(done int64) { report(events.SnapshotPhaseSettling, done, total) })
+	if err != nil {
 		return nil, err
 	}
 	if r.Loaded != nil {
-		if err := r.Loaded(ctx, auth, v); err != nil {
+		if err := r.Loaded(ctx, auth, v, held); err != nil {
 			return nil, err
 		}
 	}
@@ -447,10 +449,13 @@ func (r *Restorer) publish(ctx context.Context, auth events.AuthorityID, id stri
 // guard's acceptance makes the restore complete. A fact the guard refuses
 // (a revoked or expired token, a closed registration) never arrives, and
 // the restore fails after SettleTimeout with the marker still "loading".
-func (r *Restorer) settle(ctx context.Context, auth events.AuthorityID, v *Verified, progress func(int64)) error {
-	missing := make(map[events.FactID]bool, len(v.Content.Facts))
+// It reads the authority's JOURNAL to its end and returns the id sum and
+// count of the distinct facts it holds before the cut: the snapshot's and
+// any this peer had (see Loaded).
+func (r *Restorer) settle(ctx context.Context, auth events.AuthorityID, v *Verified, progress func(int64)) (idSum, error) {
+	inSnapshot := make(map[events.FactID]bool, len(v.Content.Facts))
 	for _, f := range v.Content.Facts {
-		missing[f.ID] = true
+		inSnapshot[f.ID] = true
 	}
 	timeout := r.SettleTimeout
 	if timeout <= 0 {
@@ -461,7 +466,7 @@ func (r *Restorer) settle(ctx context.Context, auth events.AuthorityID, v *Verif
 		FilterSubjects: []string{events.JournalAuthorityFilter(auth)},
 	})
 	if err != nil {
-		return events.Wrap(events.ReasonUnavailable, err, "watch JOURNAL")
+		return idSum{}, events.Wrap(events.ReasonUnavailable, err, "watch JOURNAL")
 	}
 	// The server keeps an ordered consumer for minutes after its reader
 	// stops; this one is done with when the restore settles.
@@ -470,10 +475,18 @@ func (r *Restorer) settle(ctx context.Context, auth events.AuthorityID, v *Verif
 	}()
 	it, err := cons.Messages()
 	if err != nil {
-		return events.Wrap(events.ReasonUnavailable, err, "watch JOURNAL")
+		return idSum{}, events.Wrap(events.ReasonUnavailable, err, "watch JOURNAL")
 	}
 	defer it.Stop()
-	arrived := make(chan events.FactID, 256)
+	// held is one JOURNAL message's fact: its id, whether it is before
+	// the cut, and how many messages were still to come after it.
+	type held struct {
+		id      events.FactID
+		before  bool
+		pending uint64
+	}
+	cut := v.Manifest.Cut
+	arrived := make(chan held, 256)
 	go func() {
 		defer close(arrived)
 		for {
@@ -481,13 +494,22 @@ func (r *Restorer) settle(ctx context.Context, auth events.AuthorityID, v *Verif
 			if err != nil {
 				return
 			}
-			// The guard names each fact's message by its id; only a
-			// message named otherwise (a prune's copy) is decoded.
-			if id, err := events.ParseFactID(m.Headers().Get(events.HeaderMsgID)); err == nil {
-				arrived <- id
-			} else if f, err := events.DecodeFact(m.Data()); err == nil {
-				arrived <- f.ID
+			meta, err := m.Metadata()
+			if err != nil {
+				continue
 			}
+			// The guard names each fact's message by its id; only a
+			// message named otherwise (a prune's copy), or a fact the
+			// snapshot does not hold, is decoded.
+			h := held{pending: meta.NumPending}
+			if id, err := events.ParseFactID(m.Headers().Get(events.HeaderMsgID)); err == nil && inSnapshot[id] {
+				h.id, h.before = id, true
+			} else if f, err := events.DecodeFact(m.Data()); err == nil {
+				h.id, h.before = f.ID, BeforeCut(f, cut)
+			} else {
+				continue
+			}
+			arrived <- h
 		}
 	}()
 	defer func() {
@@ -495,26 +517,38 @@ func (r *Restorer) settle(ctx context.Context, auth events.AuthorityID, v *Verif
 		for range arrived {
 		}
 	}()
-	total := len(missing)
-	for len(missing) > 0 {
+	var (
+		before  idSum
+		counted = map[events.FactID]bool{}
+		found   = 0
+		atEnd   = false
+	)
+	for found < len(inSnapshot) || !atEnd {
 		select {
-		case id, ok := <-arrived:
+		case h, ok := <-arrived:
 			if !ok {
-				return events.Errorf(events.ReasonUnavailable, "JOURNAL watch ended with %d facts of the snapshot missing", len(missing))
+				return idSum{}, events.Errorf(events.ReasonUnavailable, "JOURNAL watch ended with %d facts of the snapshot missing", len(inSnapshot)-found)
 			}
-			if missing[id] {
-				delete(missing, id)
-				if n := total - len(missing); n%1000 == 0 || len(missing) == 0 {
-					progress(int64(n))
+			atEnd = h.pending == 0
+			if !h.before || counted[h.id] {
+				continue
+			}
+			counted[h.id] = true
+			before.Sum.Add(&h.id)
+			before.Count++
+			if inSnapshot[h.id] {
+				found++
+				if found%1000 == 0 || found == len(inSnapshot) {
+					progress(int64(found))
 				}
 			}
 		case <-deadline:
-			return events.Errorf(events.ReasonUnavailable, "the guard accepted %d of the snapshot's %d facts within %s; see DENIED for the others (the restore stays marked loading)", total-len(missing), total, timeout)
+			return idSum{}, events.Errorf(events.ReasonUnavailable, "the guard accepted %d of the snapshot's %d facts within %s; see DENIED for the others (the restore stays marked loading)", found, len(inSnapshot), timeout)
 		case <-ctx.Done():
-			return ctx.Err()
+			return idSum{}, ctx.Err()
 		}
 	}
-	return nil
+	return before, nil
 }
 
 func (r *Restorer) mark(ctx context.Context, auth events.AuthorityID, m *events.SnapshotRestoreMarker) error {

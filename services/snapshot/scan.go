@@ -53,7 +53,7 @@ func BuildFromJournal(ctx context.Context, js jetstream.JetStream, auth events.A
 // buildFromJournal builds the snapshot of auth at cut from JOURNAL, on a
 // peer whose prunes removed base from it (nil: none), and calls seen, when
 // set, with every fact and its JOURNAL sequence.
-func buildFromJournal(ctx context.Context, js jetstream.JetStream, auth events.AuthorityID, cut uint32, base *prunedSet, seen func(*events.Fact, uint64)) (*Builder, error) {
+func buildFromJournal(ctx context.Context, js jetstream.JetStream, auth events.AuthorityID, cut uint32, base *idSum, seen func(*events.Fact, uint64)) (*Builder, error) {
 	var b *Builder
 	var tokens [][]byte
 	key, err := ScanJournal(ctx, js, auth, func(f *events.Fact, seq uint64) error {
