@@ -293,3 +293,35 @@ func provisionKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyV
 	}
 	return kvs[0], nil
 }
+
+// followKV applies every entry of kv, those there now and those to come,
+// until ctx ends, and returns once the ones there now are applied: the
+// guard is not ready before it knows every revocation and prune cut.
+// Deletes are ignored: the guard's buckets only ever grow.
+func followKV(ctx context.Context, kv jetstream.KeyValue, what string, apply func(jetstream.KeyValueEntry)) error {
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return fmt.Errorf("guard: watch %s: %w", what, err)
+	}
+	loaded := make(chan struct{})
+	go func() {
+		defer func() { _ = w.Stop() }()
+		initial := true
+		for entry := range w.Updates() {
+			if entry == nil {
+				if initial {
+					initial = false
+					close(loaded)
+				}
+				continue
+			}
+			apply(entry)
+		}
+	}()
+	select {
+	case <-loaded:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

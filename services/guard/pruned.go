@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -79,36 +78,18 @@ func watchPrunedFloors(ctx context.Context, js jetstream.JetStream, journal jets
 		return nil, err
 	}
 	p := &prunedFloors{js: js, journal: journal, kv: kv, cuts: map[events.AuthorityID]uint32{}, before: map[events.AuthorityID]*foldBeforeCut{}}
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, fmt.Errorf("guard: watch prune cuts: %w", err)
-	}
-	loaded := make(chan struct{})
-	go func() {
-		defer func() { _ = w.Stop() }()
-		initial := true
-		for entry := range w.Updates() {
-			if entry == nil {
-				if initial {
-					initial = false
-					close(loaded)
-				}
-				continue
-			}
-			var f prunedFloor
-			if err := json.Unmarshal(entry.Value(), &f); err != nil {
-				log.Warn("ignoring a malformed prune cut", "authority", entry.Key(), "err", err)
-				continue
-			}
-			p.raise(events.AuthorityID(entry.Key()), f.CutSeconds)
+	err = followKV(ctx, kv, "prune cuts", func(entry jetstream.KeyValueEntry) {
+		var f prunedFloor
+		if err := json.Unmarshal(entry.Value(), &f); err != nil {
+			log.Warn("ignoring a malformed prune cut", "authority", entry.Key(), "err", err)
+			return
 		}
-	}()
-	select {
-	case <-loaded:
-		return p, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
+		p.raise(events.AuthorityID(entry.Key()), f.CutSeconds)
+	})
+	if err != nil {
+		return nil, err
 	}
+	return p, nil
 }
 
 // raise moves auth's cut up to cut; a cut never goes down.

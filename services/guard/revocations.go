@@ -3,7 +3,6 @@ package guard
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"strings"
 
@@ -32,36 +31,18 @@ func (s *Service) watchRevocations(ctx context.Context, js jetstream.JetStream, 
 	if err != nil {
 		return nil, err
 	}
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, fmt.Errorf("guard: watch revocations: %w", err)
-	}
-	loaded := make(chan struct{})
-	go func() {
-		defer func() { _ = w.Stop() }()
-		initial := true
-		for entry := range w.Updates() {
-			if entry == nil {
-				if initial {
-					initial = false
-					close(loaded)
-				}
-				continue
-			}
-			auth, id, ok := strings.Cut(entry.Key(), ".")
-			if !ok {
-				log.Warn("ignoring malformed revocation key", "key", entry.Key())
-				continue
-			}
-			s.verifier.Revoke(events.AuthorityID(auth), id)
+	err = followKV(ctx, kv, "revocations", func(entry jetstream.KeyValueEntry) {
+		auth, id, ok := strings.Cut(entry.Key(), ".")
+		if !ok {
+			log.Warn("ignoring malformed revocation key", "key", entry.Key())
+			return
 		}
-	}()
-	select {
-	case <-loaded:
-		return kv, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
+		s.verifier.Revoke(events.AuthorityID(auth), id)
+	})
+	if err != nil {
+		return nil, err
 	}
+	return kv, nil
 }
 
 // RevokeReply is the body of a successful revoke reply.
