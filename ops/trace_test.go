@@ -57,13 +57,7 @@ func TestOneFactIsOneTrace(t *testing.T) {
 			spans := tracetest.NewInMemoryExporter()
 			authPub, authKey, _ := ed25519.GenerateKey(rand.Reader)
 			auth := events.AuthorityIDOf(authPub)
-			keys := make([]ed25519.PrivateKey, 2)
-			ids := make([]events.PeerID, 2)
-			for i := range keys {
-				var pub ed25519.PublicKey
-				pub, keys[i], _ = ed25519.GenerateKey(rand.Reader)
-				ids[i] = events.PeerIDOf(pub)
-			}
+			keys, ids := mesh.NewPeers(2)
 			hub, err := mesh.StartHub(mesh.HubConfig{Peers: ids})
 			if err != nil {
 				t.Fatal(err)

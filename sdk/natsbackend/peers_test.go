@@ -49,13 +49,7 @@ func startPeerClients(t *testing.T, n int) sdktest.Peers {
 	t.Helper()
 	authPub, authKey, _ := ed25519.GenerateKey(rand.Reader)
 	auth := events.AuthorityIDOf(authPub)
-	peerKeys := make([]ed25519.PrivateKey, n)
-	ids := make([]events.PeerID, n)
-	for i := range n {
-		var pub ed25519.PublicKey
-		pub, peerKeys[i], _ = ed25519.GenerateKey(rand.Reader)
-		ids[i] = events.PeerIDOf(pub)
-	}
+	peerKeys, ids := mesh.NewPeers(n)
 	hub, err := mesh.StartHub(mesh.HubConfig{Peers: ids})
 	if err != nil {
 		t.Fatal(err)

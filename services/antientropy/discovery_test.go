@@ -3,7 +3,6 @@ package antientropy_test
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"io"
@@ -85,13 +84,7 @@ func TestPresenceKeyExpiresWhenHeartbeatsStop(t *testing.T) {
 // own and an id no peer answers for are refused with reasons.
 func TestAddPeerSyncsWithAPeerNotConfigured(t *testing.T) {
 	d := newDevice(t, capability.Right{Collection: capability.AnyCollection, Op: capability.OpWrite}, capability.Right{Collection: capability.AnyCollection, Op: capability.OpSync})
-	keys := make([]ed25519.PrivateKey, 2)
-	ids := make([]events.PeerID, 2)
-	for i := range keys {
-		var pub ed25519.PublicKey
-		pub, keys[i], _ = ed25519.GenerateKey(rand.Reader)
-		ids[i] = events.PeerIDOf(pub)
-	}
+	keys, ids := mesh.NewPeers(2)
 	hub, err := mesh.StartHub(mesh.HubConfig{Peers: ids})
 	if err != nil {
 		t.Fatal(err)

@@ -44,13 +44,7 @@ type meshPeer struct {
 // key, and syncs on a short interval.
 func startMesh(t *testing.T, d *device, rights ...[]capability.Right) (*mesh.Hub, []*meshPeer) {
 	t.Helper()
-	keys := make([]ed25519.PrivateKey, len(rights))
-	ids := make([]events.PeerID, len(rights))
-	for i := range rights {
-		var pub ed25519.PublicKey
-		pub, keys[i], _ = ed25519.GenerateKey(rand.Reader)
-		ids[i] = events.PeerIDOf(pub)
-	}
+	keys, ids := mesh.NewPeers(len(rights))
 	hub, err := mesh.StartHub(mesh.HubConfig{Peers: ids})
 	if err != nil {
 		t.Fatal(err)

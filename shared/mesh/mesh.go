@@ -24,6 +24,7 @@
 package mesh
 
 import (
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
@@ -90,6 +91,21 @@ type Hub struct {
 
 // PeerUser is the name of the hub's user for peer i's leafnode link.
 func PeerUser(i int) string { return fmt.Sprintf("peer-%d", i) }
+
+// NewPeers makes n fresh peer identities: their keys, and their ids in
+// the same order, as HubConfig.Peers wants them.
+func NewPeers(n int) ([]ed25519.PrivateKey, []events.PeerID) {
+	keys := make([]ed25519.PrivateKey, n)
+	ids := make([]events.PeerID, n)
+	for i := range n {
+		pub, key, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			panic(err) // crypto/rand does not fail
+		}
+		keys[i], ids[i] = key, events.PeerIDOf(pub)
+	}
+	return keys, ids
+}
 
 // StartHub starts a hub with one leaf user per peer (random passwords),
 // each scoped to its peer (see the package comment). It has no other
