@@ -173,6 +173,9 @@ type Restorer struct {
 	// SettleTimeout bounds the wait for the guard to accept every loaded
 	// fact; default 2 minutes.
 	SettleTimeout time.Duration
+	// MaxContentBytes bounds the content of a snapshot this peer restores;
+	// default DefaultMaxContentBytes.
+	MaxContentBytes int64
 	// BatchFacts is the most facts per INGRESS batch; default and maximum
 	// events.MaxBatchFacts.
 	BatchFacts int
@@ -227,6 +230,9 @@ func (r *Restorer) Restore(ctx context.Context, src Source, auth events.Authorit
 		}
 	}
 
+	if err := r.checkListed(auth, info); err != nil {
+		return nil, err
+	}
 	content, err := fetchContent(ctx, src, auth, info, func(done int64) { report(events.SnapshotPhaseFetching, done, info.ContentSize) })
 	if err != nil {
 		return nil, err
@@ -314,6 +320,39 @@ func (r *Restorer) Restore(ctx context.Context, src Source, auth events.Authorit
 	return v, nil
 }
 
+// DefaultMaxContentBytes bounds the content a restore fetches when
+// Restorer.MaxContentBytes is 0: 1,000,000 live facts make about 36 MB.
+const DefaultMaxContentBytes = 4 << 30
+
+// checkListed checks what the source lists before anything is fetched:
+// the restore allocates the content's size up front, so only a manifest
+// that enough trusted peers signed, naming that size, and a size within
+// MaxContentBytes, may make it. A source cannot make this peer allocate
+// what it likes.
+func (r *Restorer) checkListed(auth events.AuthorityID, info events.SnapshotInfo) error {
+	m, err := DecodeManifest(info.Manifest)
+	if err != nil {
+		return err
+	}
+	if m.Authority() != auth {
+		return events.Errorf(events.ReasonTampered, "the source lists a snapshot of authority %s as one of %s", m.Authority(), auth)
+	}
+	if err := r.Policy(auth).CheckThreshold(info.Manifest, info.Signatures); err != nil {
+		return err
+	}
+	if info.ContentSize < 0 || uint64(info.ContentSize) != m.ContentSize {
+		return events.Errorf(events.ReasonTampered, "the source lists snapshot %s as %d bytes; its manifest says %d", shortID(info.ID), info.ContentSize, m.ContentSize)
+	}
+	limit := r.MaxContentBytes
+	if limit <= 0 {
+		limit = DefaultMaxContentBytes
+	}
+	if m.ContentSize > uint64(limit) {
+		return events.Errorf(events.ReasonTooLarge, "snapshot %s is %d bytes, over this peer's restore limit of %d", shortID(info.ID), m.ContentSize, limit)
+	}
+	return nil
+}
+
 // fetchWindow is how many chunk requests a restore has in flight: each
 // crosses the mesh and the source's guard, so one at a time spends most
 // of a large fetch waiting on round trips.
@@ -323,10 +362,7 @@ const fetchWindow = 4
 // time, each into its place; a chunk served short is asked for again from
 // where it stopped. It reports the bytes fetched after each chunk.
 func fetchContent(ctx context.Context, src Source, auth events.AuthorityID, info events.SnapshotInfo, progress func(done int64)) ([]byte, error) {
-	if info.ContentSize < 0 {
-		return nil, events.Errorf(events.ReasonMalformed, "the source lists a snapshot of %d bytes", info.ContentSize)
-	}
-	content := make([]byte, info.ContentSize)
+	content := make([]byte, info.ContentSize) // checkListed bounded it
 	var mu sync.Mutex
 	fetched := int64(0)
 	chunks := int((info.ContentSize + fetchChunk - 1) / fetchChunk)

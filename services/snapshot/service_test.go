@@ -237,6 +237,9 @@ func TestTamperedSnapshotIsRefusedWithReason(t *testing.T) {
 			list[0].Manifest = m.Marshal()
 			list[0].Signatures = []events.SnapshotSignature{Sign(d.key, list[0].Manifest), list[0].Signatures[1]}
 		}}, events.ReasonBelowThreshold},
+		{"listed size not the manifest's", tamperingSource{Source: honest, list: func(list []events.SnapshotInfo) {
+			list[0].ContentSize = 1 << 50 // allocated up front, this would crash the service
+		}}, events.ReasonTampered},
 		{"manifest whose fingerprint is not its id sum's", tamperingSource{Source: honest, list: func(list []events.SnapshotInfo) {
 			m, _ := DecodeManifest(list[0].Manifest)
 			m.Summary.Sum[0]++
@@ -256,6 +259,13 @@ func TestTamperedSnapshotIsRefusedWithReason(t *testing.T) {
 				t.Fatal("a refused snapshot left a restore marker")
 			}
 		})
+	}
+
+	// An honest snapshot over this peer's limit is refused before it is
+	// fetched.
+	d.snap.restore.MaxContentBytes = info.ContentSize - 1
+	if _, err := d.snap.Restore(ctx, auth, honest); !events.IsReason(err, events.ReasonTooLarge) {
+		t.Fatalf("a snapshot of %d bytes with a restore limit one byte less: %v, want too_large", info.ContentSize, err)
 	}
 }
 
