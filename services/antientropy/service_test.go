@@ -122,11 +122,10 @@ func (p peerStack) ask(t *testing.T, d *device, token []byte, op string, body []
 	return reply
 }
 
-// A requester holding some of the responder's facts, and one of its own,
-// reconciles through the responder's guard: it learns exactly what it
-// lacks and what the responder lacks, and fetches the missing facts with
-// their token.
-func TestResponderReconcilesAndServesFacts(t *testing.T) {
+// startResponder starts a peer holding 40 facts of 7 documents, written
+// by a device with write and sync rights.
+func startResponder(t *testing.T) (peerStack, *device, []*events.Fact) {
+	t.Helper()
 	p := startPeer(t)
 	d := newDevice(t, capability.Right{Collection: capability.AnyCollection, Op: capability.OpWrite}, capability.Right{Collection: capability.AnyCollection, Op: capability.OpSync})
 	var facts []*events.Fact
@@ -134,6 +133,15 @@ func TestResponderReconcilesAndServesFacts(t *testing.T) {
 		facts = append(facts, d.fact(t, fmt.Sprintf("d%d", i%7), i))
 	}
 	p.ingest(t, d, facts...)
+	return p, d, facts
+}
+
+// A requester holding some of the responder's facts, and one of its own,
+// reconciles through the responder's guard: it learns exactly what it
+// lacks and what the responder lacks, and fetches the missing facts with
+// their token.
+func TestResponderReconcilesAndServesFacts(t *testing.T) {
+	p, d, facts := startResponder(t)
 
 	// The requester has every other fact, plus one the responder lacks.
 	var local negentropy.Index
@@ -271,13 +279,7 @@ func TestResponderNeedsSyncRight(t *testing.T) {
 // behind them, and those facts confirm against the fingerprint sent at
 // open, while a resolution that misses one does not.
 func TestRIBLTSessionFetchesByPrefix(t *testing.T) {
-	p := startPeer(t)
-	d := newDevice(t, capability.Right{Collection: capability.AnyCollection, Op: capability.OpWrite}, capability.Right{Collection: capability.AnyCollection, Op: capability.OpSync})
-	var facts []*events.Fact
-	for i := range 40 {
-		facts = append(facts, d.fact(t, fmt.Sprintf("d%d", i%7), i))
-	}
-	p.ingest(t, d, facts...)
+	p, d, facts := startResponder(t)
 
 	// The requester has every other fact, plus one the responder lacks.
 	local := riblt.NewSketch(riblt.DefaultSketchSize)

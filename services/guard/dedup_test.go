@@ -37,14 +37,7 @@ func TestRedeliveryAfterDedupWindowIsStoredOnce(t *testing.T) {
 	starved := New(Config{})
 	starved.tokenDeadlines = tokenDeadlines{first: -1, last: time.Hour}
 	_, stop := runGuard(t, h, clock.NewFake(time.Now()), starved)
-	eventually(t, 20*time.Second, "the message redelivered", func() bool {
-		c, err := h.JS.Consumer(ctx, events.StreamIngress, Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := c.Info(ctx)
-		return err == nil && info.NumRedelivered > 0
-	})
+	waitRedelivered(ctx, t, h.JS)
 	stop()
 
 	runGuard(t, h, clock.NewFake(time.Now().Add(events.DedupWindow)), New(Config{}))

@@ -212,6 +212,20 @@ func streamMsgs(t testing.TB, js jetstream.JetStream, stream, filter string) uin
 	return n
 }
 
+// waitRedelivered waits until the guard's INGRESS consumer has delivered a
+// message again.
+func waitRedelivered(ctx context.Context, t testing.TB, js jetstream.JetStream) {
+	t.Helper()
+	eventually(t, 20*time.Second, "the message redelivered", func() bool {
+		c, err := js.Consumer(ctx, events.StreamIngress, Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := c.Info(ctx)
+		return err == nil && info.NumRedelivered > 0
+	})
+}
+
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()

@@ -75,14 +75,7 @@ func TestTokenTimeoutIsRedeliveredNotDenied(t *testing.T) {
 	publishIngress(t, h.JS, d.auth(), batch([][]byte{d.token}, d.fact(t, "notes", "waits", d.token)))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	eventually(t, 20*time.Second, "the message redelivered", func() bool {
-		c, err := h.JS.Consumer(ctx, events.StreamIngress, Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := c.Info(ctx)
-		return err == nil && info.NumRedelivered > 0
-	})
+	waitRedelivered(ctx, t, h.JS)
 	stop()
 	if n := streamMsgs(t, h.JS, events.StreamDenied, events.DeniedPrefix+".>"); n != 0 {
 		t.Fatalf("a fact was denied because its token's evaluation ran out of time (%d denials)", n)
