@@ -2,6 +2,7 @@ package events
 
 import (
 	"encoding/json"
+	"time"
 )
 
 // Request and reply conventions shared by every request/reply protocol
@@ -55,4 +56,40 @@ func DecodeError(body []byte) *Error {
 		return nil
 	}
 	return &Error{Reason: eb.Error.Reason, Detail: eb.Error.Detail}
+}
+
+// LongRequestTimeout is how long the guard forwards, and a client or peer
+// waits for, a request whose work grows with the authority's history or
+// with a peer's difference (LongRequest), instead of the 10 s other
+// requests get: a snapshot's create, approve and prune each read the
+// authority's whole JOURNAL, and a sync lasts as long as its sessions
+// (a bootstrap from a snapshot included). The service finishes such work
+// even when nobody waits for it any more.
+const LongRequestTimeout = 15 * time.Minute
+
+// LongRequest reports whether op of proto is a request that
+// LongRequestTimeout bounds.
+func LongRequest(proto, op string) bool {
+	switch proto {
+	case SnapshotProto:
+		return op == SnapshotOpCreate || op == SnapshotOpApprove || op == SnapshotOpPrune
+	case AntiEntropyProto:
+		return op == AntiEntropyOpSync
+	}
+	return false
+}
+
+// StateCommand is the CLI command that shows what a protocol's service is
+// doing, for a caller told that a request goes on without it; "" when the
+// CLI has none.
+func StateCommand(proto string) string {
+	switch proto {
+	case AntiEntropyProto:
+		return "factsync sync status"
+	case SnapshotProto:
+		return "factsync snapshot list"
+	case OTAProto:
+		return "factsync ota status"
+	}
+	return ""
 }

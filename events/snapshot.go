@@ -45,19 +45,6 @@ const (
 	SnapshotOpRestore = "restore" // SnapshotRestoreRequest -> SnapshotProgress (started)
 )
 
-// LongRequestTimeout is how long the guard forwards, and a client or peer
-// waits for, a request whose work grows with the authority's history
-// (LongRequest), instead of the 10 s other requests get: a snapshot's
-// create, approve and prune each read the authority's whole JOURNAL. The
-// service finishes such work even when nobody waits for it any more.
-const LongRequestTimeout = 15 * time.Minute
-
-// LongRequest reports whether op of proto is a request that
-// LongRequestTimeout bounds.
-func LongRequest(proto, op string) bool {
-	return proto == SnapshotProto && (op == SnapshotOpCreate || op == SnapshotOpApprove || op == SnapshotOpPrune)
-}
-
 // Storage of the snapshot service.
 const (
 	// SnapshotObjectBucket holds snapshot contents, named by snapshot id.

@@ -196,9 +196,9 @@ func (e *engine) SubscribeCollections(_ context.Context, collections ...string) 
 
 // syncRequest asks the service for a session with peer (every present or
 // static peer when empty), bounded by SyncTimeout unless ctx has a
-// deadline. The guard bounds the forwarded request too (its
-// RequestTimeout): a longer session is reported unavailable here while
-// the server finishes it.
+// deadline. The guard waits up to events.LongRequestTimeout for a sync;
+// past the caller's own bound the session is reported unavailable here
+// while the server finishes it.
 func (b *Backend) syncRequest(ctx context.Context, peer events.PeerID, reply *events.SyncReply) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc

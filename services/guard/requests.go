@@ -243,8 +243,12 @@ func (g *running) forward(ctx context.Context, m *nats.Msg, peer bool) (*nats.Ms
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 		// The service goes on with work it has started; say so, so the
 		// caller looks before doing it again.
-		return nil, events.Errorf(events.ReasonUnavailable, "the %s service did not answer %s %s within %s; what it started goes on without this request: check its state (e.g. factsync %s list) before retrying",
-			addr.Proto, addr.Op, addr.Authority, timeout, addr.Proto)
+		look := "check its state"
+		if cmd := events.StateCommand(addr.Proto); cmd != "" {
+			look += " (" + cmd + ")"
+		}
+		return nil, events.Errorf(events.ReasonUnavailable, "the %s service did not answer %s %s within %s; what it started goes on without this request: %s before retrying",
+			addr.Proto, addr.Op, addr.Authority, timeout, look)
 	case err != nil:
 		return nil, events.Wrap(events.ReasonUnavailable, err, "forward to "+fwd.Subject)
 	}

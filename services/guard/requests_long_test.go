@@ -11,27 +11,31 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// TestLongSnapshotRequestsOutliveTheRequestTimeout: a snapshot's create,
-// approve and prune read the authority's whole JOURNAL, so the guard waits
-// LongRequestTimeout for them. A stand-in snapshot service holds its
-// create, approve and prune replies until a list request, which no one
-// answers, has timed out after RequestTimeout; the three then answer and
-// their callers get the answers, not `unavailable`. Past
-// LongRequestTimeout the caller is told that the work goes on.
-func TestLongSnapshotRequestsOutliveTheRequestTimeout(t *testing.T) {
+// TestLongRequestsOutliveTheRequestTimeout: a snapshot's create, approve
+// and prune read the authority's whole JOURNAL, and a sync lasts as long as
+// its sessions, so the guard waits LongRequestTimeout for them. Stand-in
+// services hold those replies until a list request, which no one answers,
+// has timed out after RequestTimeout; the four then answer and their
+// callers get the answers, not `unavailable`. Past LongRequestTimeout the
+// caller is told that the work goes on and where to look.
+func TestLongRequestsOutliveTheRequestTimeout(t *testing.T) {
 	g := startGuard(t, Config{RequestTimeout: 200 * time.Millisecond, LongRequestTimeout: time.Minute})
-	d := newDevice(t, testNow.Add(time.Hour), "*:snapshot")
+	d := newDevice(t, testNow.Add(time.Hour), "*:snapshot", "*:sync")
 	auth := d.auth()
 
-	long := []string{events.SnapshotOpCreate, events.SnapshotOpApprove, events.SnapshotOpPrune}
-	received := make(chan string, len(long))
+	type request struct{ proto, op string }
+	long := []request{
+		{events.SnapshotProto, events.SnapshotOpCreate}, {events.SnapshotProto, events.SnapshotOpApprove},
+		{events.SnapshotProto, events.SnapshotOpPrune}, {events.AntiEntropyProto, events.AntiEntropyOpSync},
+	}
+	received := make(chan request, len(long))
 	release := make(chan struct{})
-	for _, op := range long {
-		sub, err := g.h.Conn.Subscribe(events.ServiceSubject(events.SnapshotProto, op, auth), func(m *nats.Msg) {
-			received <- op
+	for _, r := range long {
+		sub, err := g.h.Conn.Subscribe(events.ServiceSubject(r.proto, r.op, auth), func(m *nats.Msg) {
+			received <- r
 			go func() {
 				<-release
-				_ = m.Respond([]byte(`{"op":"` + op + `"}`))
+				_ = m.Respond([]byte(`{"op":"` + r.op + `"}`))
 			}()
 		})
 		if err != nil {
@@ -46,8 +50,8 @@ func TestLongSnapshotRequestsOutliveTheRequestTimeout(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = silent.Unsubscribe() })
 
-	ask := func(op, body string) *nats.Msg {
-		m := nats.NewMsg(events.APISubject(events.SnapshotProto, op, auth))
+	ask := func(proto, op, body string) *nats.Msg {
+		m := nats.NewMsg(events.APISubject(proto, op, auth))
 		m.Header.Set(events.HeaderToken, base64.StdEncoding.EncodeToString(d.token))
 		m.Header.Set(events.HeaderAuthorityKey, hex.EncodeToString(d.authPub))
 		m.Data = []byte(body)
@@ -59,13 +63,13 @@ func TestLongSnapshotRequestsOutliveTheRequestTimeout(t *testing.T) {
 		return reply
 	}
 	replies := make(chan *nats.Msg, len(long))
-	for _, op := range long {
-		go func() { replies <- ask(op, `{"collection":"*"}`) }()
+	for _, r := range long {
+		go func() { replies <- ask(r.proto, r.op, `{"collection":"*"}`) }()
 	}
 	for range long {
 		<-received // each is forwarded, and waiting
 	}
-	if r := ask(events.SnapshotOpList, `{"collection":"*"}`); r == nil || r.Header.Get(events.HeaderReason) != string(events.ReasonUnavailable) {
+	if r := ask(events.SnapshotProto, events.SnapshotOpList, `{"collection":"*"}`); r == nil || r.Header.Get(events.HeaderReason) != string(events.ReasonUnavailable) {
 		t.Fatalf("list with no answer: %v; want unavailable after RequestTimeout", r)
 	}
 	close(release)
@@ -96,7 +100,7 @@ func TestLongSnapshotRequestsOutliveTheRequestTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := events.DecodeError(r.Data)
-	if e == nil || e.Reason != events.ReasonUnavailable || !strings.Contains(e.Detail, "goes on") {
-		t.Fatalf("a create past LongRequestTimeout: %s; want unavailable saying the work goes on", r.Data)
+	if e == nil || e.Reason != events.ReasonUnavailable || !strings.Contains(e.Detail, "goes on") || !strings.Contains(e.Detail, "factsync snapshot list") {
+		t.Fatalf("a create past LongRequestTimeout: %s; want unavailable saying the work goes on and where to look", r.Data)
 	}
 }
