@@ -16,14 +16,11 @@ import (
 	"github.com/factsync/factsync/services/antientropy"
 	"github.com/factsync/factsync/services/guard"
 	"github.com/factsync/factsync/services/snapshot"
-	"github.com/factsync/factsync/shared/bus"
 	"github.com/factsync/factsync/shared/bustest"
 	"github.com/factsync/factsync/shared/capability"
 	"github.com/factsync/factsync/shared/fold"
 	"github.com/factsync/factsync/shared/mesh"
 	"github.com/factsync/factsync/shared/runner"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // snapshotPeer is a mesh peer that also runs the snapshot service.
@@ -38,15 +35,7 @@ type snapshotPeer struct {
 // for key.
 func startSnapshotPeer(t *testing.T, hub *mesh.Hub, i int, d *device, key ed25519.PrivateKey, approvers []events.PeerID) *snapshotPeer {
 	t.Helper()
-	ns, err := hub.StartPeer(i, bus.EmbeddedConfig{StoreDir: t.TempDir(), LazySync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	// Replies from other peers cross the hub only to this peer's private
-	// inbox.
-	nc := bustest.Connect(t, ns.ClientURL(), nats.CustomInboxPrefix(hub.InboxPrefix(i)))
-	js, _ := jetstream.New(nc)
+	nc, js := startMeshServer(t, hub, i)
 	pub := key.Public().(ed25519.PublicKey)
 	token, err := capability.Mint(d.authKey, pub, syncRights(), time.Now().Add(time.Hour))
 	if err != nil {

@@ -14,12 +14,10 @@ import (
 	"github.com/factsync/factsync/events"
 	"github.com/factsync/factsync/services/antientropy"
 	"github.com/factsync/factsync/services/guard"
-	"github.com/factsync/factsync/shared/bus"
 	"github.com/factsync/factsync/shared/bustest"
 	"github.com/factsync/factsync/shared/capability"
 	"github.com/factsync/factsync/shared/mesh"
 	"github.com/factsync/factsync/shared/runner"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -93,13 +91,7 @@ func TestAddPeerSyncsWithAPeerNotConfigured(t *testing.T) {
 	// start runs peer i with a heartbeat an hour apart, so it announces
 	// itself once, at start, and no interval: it syncs only when told.
 	start := func(i int, creds map[events.AuthorityID]antientropy.Credential) *meshPeer {
-		ns, err := hub.StartPeer(i, bus.EmbeddedConfig{StoreDir: t.TempDir(), LazySync: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-		nc := bustest.Connect(t, ns.ClientURL(), nats.CustomInboxPrefix(hub.InboxPrefix(i)))
-		js, _ := jetstream.New(nc)
+		nc, js := startMeshServer(t, hub, i)
 		svc := antientropy.New(antientropy.Config{
 			SketchSize: 4096, Credentials: creds,
 			SyncInterval: -1, PresenceInterval: time.Hour, RequestTimeout: 2 * time.Second,

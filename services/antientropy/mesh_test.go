@@ -39,6 +39,24 @@ type meshPeer struct {
 	svc  *antientropy.Service
 }
 
+// startMeshServer starts peer i's embedded server, linked to hub, for
+// the test's lifetime, and connects to it with the peer's private inbox:
+// replies from other peers cross the hub only to that inbox.
+func startMeshServer(t *testing.T, hub *mesh.Hub, i int) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	ns, err := hub.StartPeer(i, bus.EmbeddedConfig{StoreDir: t.TempDir(), LazySync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	nc := bustest.Connect(t, ns.ClientURL(), nats.CustomInboxPrefix(hub.InboxPrefix(i)))
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}
+
 // startMesh starts a hub and one peer per rights entry. Each peer holds
 // a credential for d's authority with those rights, minted for its own
 // key, and syncs on a short interval.
@@ -52,15 +70,7 @@ func startMesh(t *testing.T, d *device, rights ...[]capability.Right) (*mesh.Hub
 	t.Cleanup(hub.Close)
 	peers := make([]*meshPeer, len(rights))
 	for i, r := range rights {
-		ns, err := hub.StartPeer(i, bus.EmbeddedConfig{StoreDir: t.TempDir(), LazySync: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-		// Replies from other peers cross the hub only to this peer's
-		// private inbox.
-		nc := bustest.Connect(t, ns.ClientURL(), nats.CustomInboxPrefix(hub.InboxPrefix(i)))
-		js, _ := jetstream.New(nc)
+		nc, js := startMeshServer(t, hub, i)
 		pub, key := keys[i].Public().(ed25519.PublicKey), keys[i]
 		token, err := capability.Mint(d.authKey, pub, r, time.Now().Add(time.Hour))
 		if err != nil {
